@@ -1,0 +1,191 @@
+//! Operator-facing bodies: desired state, fleet listings, credentials.
+//!
+//! The same forward-compatibility rules as the agent contract hold: unknown fields
+//! are ignored, new fields are optional.
+
+use serde::{Deserialize, Serialize};
+
+/// Desired instrumentation of one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instrumentation {
+    Instrumented,
+    None,
+}
+
+/// Desired Python SDK state of one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PythonSdk {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredWorkload {
+    pub workload_key: String,
+    pub instrumentation: Instrumentation,
+    #[serde(default = "default_sdk")]
+    pub python_sdk: PythonSdk,
+}
+
+fn default_sdk() -> PythonSdk {
+    PythonSdk::Disabled
+}
+
+/// `POST /v1/apply`: declare the desired state of the named workloads. Idempotent:
+/// applying the same document twice changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub workloads: Vec<DesiredWorkload>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// The tenant's desired-state revision after the apply.
+    pub revision: u64,
+    /// Workload keys whose desired state changed.
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredList {
+    pub revision: u64,
+    pub workloads: Vec<DesiredWorkload>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Active,
+    Stale,
+    Offline,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub agent_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub liveness: Liveness,
+    pub last_seen_ms: u64,
+    pub poll_interval_ms: u64,
+    pub enrolled_at_ms: u64,
+    pub applied_revision: u64,
+    pub spool_depth: u64,
+    pub last_error: Option<String>,
+    pub capabilities: Vec<String>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+}
+
+/// A service as observed by one agent, beside its desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub agent_id: String,
+    pub workload_key: String,
+    pub pid: u32,
+    pub exe: String,
+    pub runtime: String,
+    pub llm_providers: Vec<String>,
+    pub observed_instrumented: bool,
+    pub observed_python_sdk: bool,
+    pub desired: Option<DesiredWorkload>,
+    /// True when observed and desired agree (or nothing is desired).
+    pub in_sync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<ServiceStatus>,
+}
+
+/// An action as the operator sees it: where it stands, and its result when final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionStatus {
+    pub action_id: String,
+    pub agent_id: String,
+    pub kind: String,
+    pub target: String,
+    /// `queued`, `delivered`, `started`, `succeeded`, `failed`, `refused`, `dry_run`,
+    /// `expired`.
+    pub state: String,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub attempt: u32,
+    pub result: Option<crate::ActionResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionList {
+    pub actions: Vec<ActionStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateEnrollmentToken {
+    /// Lifetime in seconds (default 24 h, at most 30 days).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// How many agents may enroll with it (default 1, at most 10,000).
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub revoked: bool,
+    /// The token itself, shown once at creation and never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenList {
+    pub tokens: Vec<EnrollmentTokenInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateApiKey {
+    pub role: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub role: String,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+    /// The key itself, shown once at creation and never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub protocol: u32,
+}
