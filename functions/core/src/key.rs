@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn poll_range_holds_agent_outbox_and_services_but_not_history() {
         let (t, a) = ids();
-        let inside = |sk: &str| sk >= POLL_RANGE_START && sk <= POLL_RANGE_END;
+        let inside = |sk: &str| (POLL_RANGE_START..=POLL_RANGE_END).contains(&sk);
         assert!(inside(&agent(&t, &a).sk));
         assert!(inside(&outbox(&t, &a, "act_ffffffffffffffffffffffff").sk));
         assert!(inside(&services(&t, &a).sk));

@@ -19,7 +19,7 @@ use crate::model::{
     AgentView, Attempt, DesiredSet, DoneItem, FinalState, LiveState, OutboxItem, ServicesRecord,
 };
 use crate::port::{PollCommit, Transition};
-use crate::reconcile::{attempt_key, reconcile};
+use crate::reconcile::{attempt_key, reconcile, Observed};
 use crate::tenant::TenantId;
 use std::collections::BTreeMap;
 use tether_proto::{
@@ -240,10 +240,12 @@ pub fn plan_poll(
             tenant,
             &agent.agent_id,
             desired,
-            services,
-            &agent.services_hash,
-            &live_items,
-            &agent.attempts,
+            &Observed {
+                services,
+                services_hash: &agent.services_hash,
+                outbox: &live_items,
+                attempts: &agent.attempts,
+            },
             s.max_attempts,
         );
         for p in &outcome.planned {

@@ -64,6 +64,10 @@ impl PollCommit {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a few per poll, never stored in bulk"
+)]
 pub enum Transition {
     /// A live item moves to a later live state (its `state` field holds the new one).
     Advance { item: OutboxItem, from: LiveState },
@@ -73,6 +77,7 @@ pub enum Transition {
 
 /// An action as listed for operators: live or finished.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "operator listings only")]
 pub enum ActionEntry {
     Live(AgentId, OutboxItem),
     Done(AgentId, DoneItem),

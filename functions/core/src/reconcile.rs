@@ -74,16 +74,30 @@ pub fn needed_kinds(desired: &DesiredSet, svc: &Service) -> Vec<&'static str> {
     kinds
 }
 
+/// What reconciliation compares desired state against.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub services: &'a [Service],
+    /// Hash of `services` (see `tether_proto::services_hash`).
+    pub services_hash: &'a str,
+    /// Live outbox items.
+    pub outbox: &'a [OutboxItem],
+    pub attempts: &'a BTreeMap<String, Attempt>,
+}
+
 pub fn reconcile(
     tenant: &TenantId,
     agent: &AgentId,
     desired: &DesiredSet,
-    services: &[Service],
-    services_hash: &str,
-    outbox: &[OutboxItem],
-    attempts: &BTreeMap<String, Attempt>,
+    observed: &Observed<'_>,
     max_attempts: u32,
 ) -> Outcome {
+    let Observed {
+        services,
+        services_hash,
+        outbox,
+        attempts,
+    } = *observed;
     let live: BTreeSet<(String, String)> = outbox
         .iter()
         .map(|o| (o.action.target.clone(), o.action.kind.as_str().to_owned()))
@@ -271,6 +285,20 @@ mod tests {
         }
     }
 
+    fn obs<'a>(
+        services: &'a [Service],
+        hash: &'a str,
+        outbox: &'a [OutboxItem],
+        attempts: &'a BTreeMap<String, Attempt>,
+    ) -> Observed<'a> {
+        Observed {
+            services,
+            services_hash: hash,
+            outbox,
+            attempts,
+        }
+    }
+
     fn kinds(o: &Outcome) -> Vec<&'static str> {
         o.planned.iter().map(|p| p.kind).collect()
     }
@@ -282,7 +310,14 @@ mod tests {
         let (t, a) = ids();
         let k = "host:/usr/bin/python3";
         // (desired instrumentation, desired sdk, observed instrumented, observed sdk, expected)
-        let rows: &[(Option<Instrumentation>, PythonSdk, bool, bool, &[&str])] = &[
+        type Row = (
+            Option<Instrumentation>,
+            PythonSdk,
+            bool,
+            bool,
+            &'static [&'static str],
+        );
+        let rows: &[Row] = &[
             (Some(Instrumented), Disabled, false, false, &["instrument"]),
             (Some(Instrumented), Disabled, true, false, &[]),
             (Some(NoInst), Disabled, true, false, &["uninstrument"]),
@@ -313,10 +348,7 @@ mod tests {
                 &t,
                 &a,
                 &d,
-                &[svc(k, 10, *oi, *os)],
-                "h",
-                &[],
-                &BTreeMap::new(),
+                &obs(&[svc(k, 10, *oi, *os)], "h", &[], &BTreeMap::new()),
                 3,
             );
             assert_eq!(kinds(&o), want.to_vec(), "row {i}");
@@ -337,10 +369,7 @@ mod tests {
             &t,
             &a,
             &d,
-            &[svc(k, 5, false, false)],
-            "h",
-            &[],
-            &BTreeMap::new(),
+            &obs(&[svc(k, 5, false, false)], "h", &[], &BTreeMap::new()),
             3,
         );
         assert_eq!(kinds(&first), vec!["instrument"]);
@@ -348,10 +377,12 @@ mod tests {
             &t,
             &a,
             &d,
-            &[svc(k, 5, false, false)],
-            "h",
-            &[live(k, "instrument")],
-            &first.attempts,
+            &obs(
+                &[svc(k, 5, false, false)],
+                "h",
+                &[live(k, "instrument")],
+                &first.attempts,
+            ),
             3,
         );
         assert!(again.planned.is_empty());
@@ -374,10 +405,7 @@ mod tests {
                 &t,
                 &a,
                 &d,
-                &[svc(k, 5, false, false)],
-                "h",
-                &[],
-                &attempts,
+                &obs(&[svc(k, 5, false, false)], "h", &[], &attempts),
                 3,
             );
             assert_eq!(o.planned.len(), 1, "attempt {n}");
@@ -392,10 +420,7 @@ mod tests {
             &t,
             &a,
             &d,
-            &[svc(k, 5, false, false)],
-            "h",
-            &[],
-            &attempts,
+            &obs(&[svc(k, 5, false, false)], "h", &[], &attempts),
             3,
         );
         assert!(spent.planned.is_empty());
@@ -405,10 +430,7 @@ mod tests {
             &t,
             &a,
             &d,
-            &[svc(k, 6, false, false)],
-            "h",
-            &[],
-            &attempts,
+            &obs(&[svc(k, 6, false, false)], "h", &[], &attempts),
             3,
         );
         assert_eq!(kinds(&restarted), vec!["instrument"]);
@@ -424,10 +446,7 @@ mod tests {
             &t,
             &a,
             &d2,
-            &[svc(k, 5, false, false)],
-            "h",
-            &[],
-            &attempts,
+            &obs(&[svc(k, 5, false, false)], "h", &[], &attempts),
             3,
         );
         assert_eq!(reapplied.planned.len(), 1);
@@ -458,10 +477,7 @@ mod tests {
             &t,
             &a,
             &d,
-            &[svc(k, 5, false, false)],
-            "h",
-            &[],
-            &attempts,
+            &obs(&[svc(k, 5, false, false)], "h", &[], &attempts),
             3,
         );
         assert!(o.planned.is_empty());

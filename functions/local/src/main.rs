@@ -1,0 +1,153 @@
+//! `tether-local`: the control plane on one machine, against an AWS emulator (or a
+//! real account) reached through the standard AWS configuration.
+//!
+//! - `tether-local serve [--addr 127.0.0.1:8080]`: the `api` router over TCP, plus
+//!   `GET /_local/aws-calls` (the AWS calls made so far, per operation; local only,
+//!   never deployed). Stops cleanly on SIGTERM or Ctrl-C.
+//! - `tether-local bootstrap --tenant T [--uses N]`: creates an admin API key and an
+//!   enrollment token for a tenant directly in the table, and prints them as JSON:
+//!   the first credentials of a fresh installation.
+//! - `tether-local keys rotate`: adds a fresh agent-credential signing key to the
+//!   Secrets Manager secret and makes it active.
+//!
+//! Configuration: the same `TETHER_*` variables the Lambda gets (see
+//! `tether_aws::config`).
+
+use anyhow::{bail, Context, Result};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use tether_aws::{CallCounter, Clients, Config, EnvStrings, SecretsManagerKeys};
+use tether_core::port::{Clock, SystemClock};
+use tether_core::tenant::TenantId;
+use tether_proto::operator::{CreateApiKey, CreateEnrollmentToken};
+use tracing::info;
+
+const USAGE: &str = "usage: tether-local serve [--addr HOST:PORT] | bootstrap --tenant TENANT [--uses N] | keys rotate";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = Config::from_strings(&EnvStrings).context("reading TETHER_* configuration")?;
+    let clients = Clients::from_env().await;
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            serve(
+                &config,
+                &clients,
+                flag(&args, "--addr").unwrap_or("127.0.0.1:8080"),
+            )
+            .await
+        }
+        Some("bootstrap") => {
+            let tenant = flag(&args, "--tenant").context(USAGE)?;
+            let uses = flag(&args, "--uses")
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(10);
+            bootstrap(&config, &clients, tenant, uses).await
+        }
+        Some("keys") if args.get(1).map(String::as_str) == Some("rotate") => {
+            let keys =
+                SecretsManagerKeys::new(clients.secrets.clone(), config.signing_secret_id.clone());
+            let kid = keys.rotate(SystemClock.now_ms()).await?;
+            println!("{}", serde_json::json!({ "active_kid": kid }));
+            Ok(())
+        }
+        _ => bail!(USAGE),
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+async fn serve(config: &Config, clients: &Clients, addr: &str) -> Result<()> {
+    let (plane, calls) = tether_api::build(config, clients);
+    let app = tether_api::router(plane).merge(local_routes(calls));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    info!(url = %format!("http://{bound}"), "control plane listening");
+    // Tests and scripts read this line to find the port when binding :0.
+    println!("listening on http://{bound}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving")?;
+    info!("stopped");
+    Ok(())
+}
+
+fn local_routes(calls: Arc<CallCounter>) -> Router {
+    Router::new().route(
+        "/_local/aws-calls",
+        get(move || {
+            let calls = calls.clone();
+            async move { Json(calls.snapshot()) }
+        }),
+    )
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn bootstrap(config: &Config, clients: &Clients, tenant: &str, uses: u32) -> Result<()> {
+    let tenant = TenantId::parse(tenant)?;
+    let (plane, _) = tether_api::build(config, clients);
+    let key = plane
+        .issue_api_key(
+            &tenant,
+            CreateApiKey {
+                role: "admin".into(),
+                description: "bootstrap".into(),
+            },
+        )
+        .await?;
+    let token = plane
+        .issue_enrollment_token(
+            &tenant,
+            CreateEnrollmentToken {
+                ttl_s: Some(7 * 24 * 3600),
+                max_uses: Some(uses),
+                description: "bootstrap".into(),
+            },
+        )
+        .await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "tenant": tenant.as_str(),
+            "api_key": key.key,
+            "enrollment_token": token.token,
+            "enrollment_token_expires_at_ms": token.expires_at_ms,
+        })
+    );
+    Ok(())
+}
