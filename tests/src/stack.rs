@@ -1,0 +1,214 @@
+//! Per-test AWS resources on the emulator, with the same shapes `infra/` declares
+//! (the infra suite checks the Terraform side against the same names): one table
+//! with `pk`/`sk` and the `gsi1` index, the observations queue with its DLQ, the
+//! payload bucket, and the signing-key secret with a first key.
+
+use crate::emulator::{unique_name, Emulator};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
+};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub table: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub bucket: String,
+    pub secret_id: String,
+    pub sdk: aws_config::SdkConfig,
+}
+
+fn attr(name: &str) -> AttributeDefinition {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .expect("attribute")
+}
+
+fn key(name: &str, t: KeyType) -> KeySchemaElement {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(t)
+        .build()
+        .expect("key")
+}
+
+impl Stack {
+    pub async fn create(emu: &Emulator) -> Self {
+        let sdk = emu.sdk_config().await;
+        let name = unique_name("t");
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let table = format!("{name}-main");
+        ddb.create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .attribute_definitions(attr("gsi1pk"))
+            .attribute_definitions(attr("gsi1sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name("gsi1")
+                    .key_schema(key("gsi1pk", KeyType::Hash))
+                    .key_schema(key("gsi1sk", KeyType::Range))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .expect("gsi"),
+            )
+            .send()
+            .await
+            .expect("create table");
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-observations-dlq"))
+            .send()
+            .await
+            .expect("create dlq")
+            .queue_url
+            .expect("dlq url");
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-observations"))
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url
+            .expect("queue url");
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        );
+        let bucket = format!("{name}-artifacts");
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let secret_id = format!("{name}/signing-keys");
+        secrets
+            .create_secret()
+            .name(&secret_id)
+            .send()
+            .await
+            .expect("create secret");
+        let stack = Self {
+            table,
+            queue_url,
+            dlq_url,
+            bucket,
+            secret_id,
+            sdk,
+        };
+        stack.rotate_keys().await;
+        stack
+    }
+
+    pub async fn rotate_keys(&self) -> String {
+        tether_aws::SecretsManagerKeys::new(
+            aws_sdk_secretsmanager::Client::new(&self.sdk),
+            self.secret_id.clone(),
+        )
+        .rotate(crate::now_ms())
+        .await
+        .expect("rotate keys")
+    }
+
+    /// The key ring as stored, for tests that forge or age credentials.
+    pub async fn key_ring(&self) -> tether_core::credential::KeyRing {
+        let out = aws_sdk_secretsmanager::Client::new(&self.sdk)
+            .get_secret_value()
+            .secret_id(&self.secret_id)
+            .send()
+            .await
+            .expect("get secret");
+        serde_json::from_str(out.secret_string().expect("secret string")).expect("key ring")
+    }
+
+    /// The `TETHER_*` variables pointing a runner at this stack.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        [
+            ("TETHER_TABLE", self.table.as_str()),
+            ("TETHER_BUCKET", self.bucket.as_str()),
+            ("TETHER_QUEUE_URL_OBSERVATIONS", self.queue_url.as_str()),
+            ("TETHER_SIGNING_SECRET_ID", self.secret_id.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Every item of the table, sorted, as comparable text: "changes nothing"
+    /// is asserted by comparing two of these.
+    pub async fn table_snapshot(&self) -> Vec<String> {
+        let ddb = aws_sdk_dynamodb::Client::new(&self.sdk);
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = ddb
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            for item in page.items() {
+                let mut fields: Vec<String> =
+                    item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                fields.sort();
+                out.push(fields.join(" "));
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Drains the observations queue (long-polls until `want` messages or the deadline).
+    pub async fn receive_observations(
+        &self,
+        want: usize,
+        deadline: std::time::Duration,
+    ) -> Vec<serde_json::Value> {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let until = std::time::Instant::now() + deadline;
+        let mut got = Vec::new();
+        while got.len() < want && std::time::Instant::now() < until {
+            let out = sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("receive");
+            for m in out.messages() {
+                got.push(serde_json::from_str(m.body().unwrap_or("null")).expect("json body"));
+                if let Some(h) = m.receipt_handle() {
+                    sqs.delete_message()
+                        .queue_url(&self.queue_url)
+                        .receipt_handle(h)
+                        .send()
+                        .await
+                        .expect("delete");
+                }
+            }
+        }
+        got
+    }
+}
