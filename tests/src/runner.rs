@@ -93,6 +93,11 @@ impl Runner {
         self.spawn();
     }
 
+    /// The process id of the running runner.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn http(&self) -> crate::Http {
         crate::Http::new(&self.url)
     }

@@ -62,7 +62,8 @@ impl Default for Settings {
 }
 
 /// Limits on operator input.
-pub const MAX_WORKLOADS_PER_APPLY: usize = 500;
+/// One DynamoDB transaction: the revision item plus 99 workloads.
+pub const MAX_WORKLOADS_PER_APPLY: usize = 99;
 pub const MAX_WORKLOAD_KEY_LEN: usize = 256;
 const MAX_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 const DEFAULT_TOKEN_TTL_S: u64 = 24 * 3600;
