@@ -1,0 +1,76 @@
+variable "name_prefix" {
+  description = "Prefix of every resource name (table, queues, bucket, secret, functions, roles)."
+  type        = string
+  default     = "tether"
+  validation {
+    condition     = can(regex("^[a-z0-9-]{1,24}$", var.name_prefix))
+    error_message = "name_prefix must be 1-24 lowercase letters, digits or '-'."
+  }
+}
+
+variable "bucket_name" {
+  description = "S3 bucket for payloads and evidence; default \"<name_prefix>-artifacts\" (bucket names are global: set one in a real account)."
+  type        = string
+  default     = null
+}
+
+variable "lambda_artifacts_dir" {
+  description = "Directory with one <function>/bootstrap.zip per function, as written by `cargo lambda build --release --arm64 --output-format zip` (target/lambda). Null: no Lambda functions or Function URL are created (the emulator cannot run them without Docker; tether-local hosts the same handlers)."
+  type        = string
+  default     = null
+}
+
+variable "functions" {
+  description = "Deployed functions: name => memory and timeout. Each needs a policy in local.function_statements."
+  type = map(object({
+    memory_mb = number
+    timeout_s = number
+  }))
+  default = {
+    api = { memory_mb = 256, timeout_s = 10 }
+  }
+}
+
+variable "queues" {
+  description = "Work queues (each gets a dead-letter queue)."
+  type        = list(string)
+  default     = ["observations"]
+}
+
+variable "max_receive_count" {
+  description = "Deliveries of a message before it moves to its dead-letter queue."
+  type        = number
+  default     = 5
+}
+
+variable "log_retention_days" {
+  type    = number
+  default = 14
+}
+
+variable "secret_recovery_window_days" {
+  description = "Days a deleted signing-key secret can be restored (0 deletes at once)."
+  type        = number
+  default     = 7
+}
+
+variable "operator_jwt_issuer" {
+  type    = string
+  default = "tether"
+}
+
+variable "operator_jwt_audience" {
+  type    = string
+  default = "tether-operators"
+}
+
+variable "operator_jwks" {
+  description = "JWKS (JSON) of the identity provider that signs operator JWTs; empty: API keys only."
+  type        = string
+  default     = ""
+}
+
+variable "tags" {
+  type    = map(string)
+  default = {}
+}
