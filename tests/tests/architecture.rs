@@ -12,8 +12,12 @@ fn workspace_root() -> std::path::PathBuf {
 
 /// (crate, forbidden patterns) rows of the "Dependency rules" table.
 fn rules() -> Vec<(String, Vec<String>)> {
-    let doc = std::fs::read_to_string(workspace_root().join("docs/architecture.md")).expect("architecture.md");
-    let section = doc.split("## Dependency rules").nth(1).expect("a Dependency rules section");
+    let doc = std::fs::read_to_string(workspace_root().join("docs/architecture.md"))
+        .expect("architecture.md");
+    let section = doc
+        .split("## Dependency rules")
+        .nth(1)
+        .expect("a Dependency rules section");
     section
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| crate") && !l.starts_with("|---"))
@@ -40,7 +44,12 @@ fn normal_closure(meta: &Value, root: &str) -> BTreeSet<String> {
         .as_array()
         .expect("packages")
         .iter()
-        .map(|p| (p["id"].as_str().expect("id"), p["name"].as_str().expect("name")))
+        .map(|p| {
+            (
+                p["id"].as_str().expect("id"),
+                p["name"].as_str().expect("name"),
+            )
+        })
         .collect();
     let nodes: BTreeMap<&str, Vec<&str>> = meta["resolve"]["nodes"]
         .as_array()
@@ -85,21 +94,35 @@ fn crates_respect_the_documented_dependency_rules() {
         .current_dir(workspace_root())
         .output()
         .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata json");
     let rules = rules();
-    assert!(rules.len() >= 3, "the rules table was not found or is short: {rules:?}");
+    assert!(
+        rules.len() >= 3,
+        "the rules table was not found or is short: {rules:?}"
+    );
     let mut broken = Vec::new();
     for (krate, forbidden) in &rules {
         let closure = normal_closure(&meta, krate);
-        assert!(closure.contains("serde"), "{krate}: the graph walk found nothing");
+        assert!(
+            closure.contains("serde"),
+            "{krate}: the graph walk found nothing"
+        );
         for dep in &closure {
             if forbidden.iter().any(|p| matches(p, dep)) {
                 broken.push(format!("{krate} depends on {dep}"));
             }
         }
     }
-    assert!(broken.is_empty(), "dependency rules broken:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "dependency rules broken:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -115,5 +138,7 @@ fn the_rule_matcher_is_not_vacuous() {
         .expect("cargo metadata");
     let meta: Value = serde_json::from_slice(&out.stdout).expect("json");
     let api = normal_closure(&meta, "tether-api");
-    assert!(api.contains("aws-sdk-dynamodb") && api.contains("axum") && api.contains("tether-core"));
+    assert!(
+        api.contains("aws-sdk-dynamodb") && api.contains("axum") && api.contains("tether-core")
+    );
 }

@@ -514,3 +514,100 @@ async fn operator_jwts_are_verified_by_kid_with_pinned_algorithm_and_required_cl
     assert_eq!(r.json["agents"][0]["agent_id"], s.agent_b.0.as_str());
     assert_eq!(r.json["agents"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn every_operator_route_refuses_missing_garbage_and_agent_credentials() {
+    let s = setup().await;
+    let (id_a, cred_a) = s.agent_a.clone();
+    let routes: Vec<(&str, String)> = vec![
+        ("GET", "/v1/agents".into()),
+        ("GET", format!("/v1/agents/{id_a}")),
+        ("POST", format!("/v1/agents/{id_a}/revoke")),
+        ("GET", "/v1/services".into()),
+        ("GET", "/v1/actions".into()),
+        ("GET", "/v1/desired".into()),
+        ("POST", "/v1/apply".into()),
+        ("GET", "/v1/enrollment-tokens".into()),
+        ("POST", "/v1/enrollment-tokens".into()),
+        ("DELETE", "/v1/enrollment-tokens/0123456789abcdef".into()),
+        ("GET", "/v1/api-keys".into()),
+        ("POST", "/v1/api-keys".into()),
+        ("DELETE", "/v1/api-keys/0123456789abcdef".into()),
+    ];
+    let send = |h: &Http, method: &str, path: &str, bearer: Option<&str>| match method {
+        "GET" => h.get(path, bearer),
+        "DELETE" => h.delete(path, bearer),
+        _ => h.post(path, bearer, &json!({"workloads": [], "role": "admin"})),
+    };
+    for (method, path) in &routes {
+        s.refused(
+            &format!("{method} {path} without credential"),
+            401,
+            "unauthenticated",
+            |h| send(h, method, path, None),
+        )
+        .await;
+        s.refused(
+            &format!("{method} {path} garbage"),
+            401,
+            "invalid_credential",
+            |h| {
+                send(
+                    h,
+                    method,
+                    path,
+                    Some("tet_key.tenant-a.0000000000000000.00"),
+                )
+            },
+        )
+        .await;
+        // An agent's credential is not an operator's.
+        s.refused(
+            &format!("{method} {path} agent credential"),
+            401,
+            "invalid_credential",
+            |h| send(h, method, path, Some(&cred_a)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn credentials_of_another_tenant_cannot_be_listed_or_revoked() {
+    let s = setup().await;
+    let http = s.runner.http();
+    let made = http.post("/v1/api-keys", Some(&s.key_b), &json!({"role": "viewer"}));
+    assert_eq!(made.status, 201);
+    let b_key_id = made.json["id"].as_str().expect("id").to_owned();
+    let b_key = made.json["key"].as_str().expect("key").to_owned();
+    let tok = http.post(
+        "/v1/enrollment-tokens",
+        Some(&s.key_b),
+        &json!({"max_uses": 2}),
+    );
+    let b_token_id = tok.json["id"].as_str().expect("id").to_owned();
+    let b_token = tok.json["token"].as_str().expect("token").to_owned();
+    s.refused("revoke other tenant's api key", 404, "not_found", |h| {
+        h.delete(&format!("/v1/api-keys/{b_key_id}"), Some(&s.key_a))
+    })
+    .await;
+    s.refused("revoke other tenant's token", 404, "not_found", |h| {
+        h.delete(
+            &format!("/v1/enrollment-tokens/{b_token_id}"),
+            Some(&s.key_a),
+        )
+    })
+    .await;
+    let listed = http.get("/v1/api-keys", Some(&s.key_a));
+    assert!(!listed.json.to_string().contains(&b_key_id));
+    let listed = http.get("/v1/enrollment-tokens", Some(&s.key_a));
+    assert!(!listed.json.to_string().contains(&b_token_id));
+    // Both still work for tenant B.
+    assert_eq!(http.get("/v1/agents", Some(&b_key)).status, 200);
+    let r = http.post(
+        "/v1/enroll",
+        None,
+        &json!({"token": b_token, "hostname": "b2"}),
+    );
+    assert_eq!(r.status, 201);
+}
