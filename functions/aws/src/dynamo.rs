@@ -152,6 +152,8 @@ struct AgentDoc {
     spool_depth: u64,
     last_error: Option<String>,
     attempts: BTreeMap<String, AttemptDoc>,
+    #[serde(default)]
+    reconcile_pending: bool,
 }
 
 fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
@@ -185,6 +187,7 @@ fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
                 )
             })
             .collect(),
+        reconcile_pending: a.reconcile_pending,
     };
     let mut item = keyed(&key::agent(t, &a.agent_id));
     item.insert("version".into(), n(a.version));
@@ -234,6 +237,7 @@ fn agent_from(item: &Item) -> Result<AgentRecord, StoreError> {
                 )
             })
             .collect(),
+        reconcile_pending: doc.reconcile_pending,
         version: get_n(item, "version")?,
     })
 }

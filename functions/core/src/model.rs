@@ -33,6 +33,9 @@ pub struct AgentRecord {
     pub last_error: Option<String>,
     /// Retry budget per (workload, kind): see [`crate::reconcile`].
     pub attempts: BTreeMap<String, Attempt>,
+    /// Set when a reconcile planned more than one poll may queue: the next poll
+    /// reconciles again even if nothing else moved.
+    pub reconcile_pending: bool,
     /// Optimistic-lock version; 0 means "not yet stored".
     pub version: u64,
 }
@@ -63,6 +66,7 @@ impl AgentRecord {
             spool_depth: 0,
             last_error: None,
             attempts: BTreeMap::new(),
+            reconcile_pending: false,
             version: 0,
         }
     }

@@ -27,6 +27,12 @@ use tether_proto::{
     ResultPhase, TelemetryWindow, MAX_RESULTS_PER_POLL, MAX_TELEMETRY_PER_POLL, PROTOCOL_VERSION,
 };
 
+/// Most actions one poll queues; the rest are planned on the next polls. With
+/// [`MAX_RESULTS_PER_POLL`] finishes (2 items each) and [`MAX_EXPIRIES_PER_POLL`],
+/// a commit stays under DynamoDB's 100 items per transaction.
+pub const MAX_ENQUEUE_PER_POLL: usize = 20;
+pub const MAX_EXPIRIES_PER_POLL: usize = 5;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollSettings {
     pub poll_interval_ms: u64,
@@ -124,15 +130,19 @@ pub fn plan_poll(
     let stored_missing = view.services.is_none() && !agent.services_hash.is_empty();
     if req.services_hash != agent.services_hash || stored_missing {
         match &req.services {
+            // The server's own hash of the body decides: an agent whose hash
+            // disagrees with its body costs a body per poll, never a write per poll.
             Some(list) => {
                 let hash = services_hash(list);
-                agent.services_hash = hash.clone();
-                new_services = Some(ServicesRecord {
-                    hash,
-                    services: list.clone(),
-                    updated_at_ms: now_ms,
-                });
-                changed = true;
+                if hash != agent.services_hash || stored_missing {
+                    agent.services_hash = hash.clone();
+                    new_services = Some(ServicesRecord {
+                        hash,
+                        services: list.clone(),
+                        updated_at_ms: now_ms,
+                    });
+                    changed = true;
+                }
             }
             None => response.send_full_services = true,
         }
@@ -210,6 +220,7 @@ pub fn plan_poll(
         .values()
         .filter(|(o, _)| o.state == LiveState::Queued && o.action.expires_at_ms <= now_ms)
         .map(|(o, _)| o.action.id.clone())
+        .take(MAX_EXPIRIES_PER_POLL)
         .collect();
     for id in expired {
         if let Some((item, from)) = live.remove(&id) {
@@ -229,7 +240,11 @@ pub fn plan_poll(
     let services_changed = new_services.is_some();
     let mut enqueue = Vec::new();
     let mut held = Vec::new();
-    if services_changed || desired.revision != agent.reconciled_revision || any_final {
+    if services_changed
+        || desired.revision != agent.reconciled_revision
+        || any_final
+        || agent.reconcile_pending
+    {
         let services = new_services
             .as_ref()
             .or(view.services.as_ref())
@@ -248,7 +263,12 @@ pub fn plan_poll(
             },
             s.max_attempts,
         );
-        for p in &outcome.planned {
+        let truncated = outcome.planned.len() > MAX_ENQUEUE_PER_POLL;
+        let mut attempts = agent.attempts.clone();
+        for p in outcome.planned.iter().take(MAX_ENQUEUE_PER_POLL) {
+            if let Some(a) = outcome.attempts.get(&attempt_key(&p.workload_key, p.kind)) {
+                attempts.insert(attempt_key(&p.workload_key, p.kind), a.clone());
+            }
             enqueue.push(OutboxItem {
                 action: Action {
                     id: p.action_id.clone(),
@@ -270,9 +290,13 @@ pub fn plan_poll(
             });
         }
         held = outcome.held;
-        if outcome.attempts != agent.attempts || agent.reconciled_revision != desired.revision {
-            agent.attempts = outcome.attempts;
+        if attempts != agent.attempts
+            || agent.reconciled_revision != desired.revision
+            || agent.reconcile_pending != truncated
+        {
+            agent.attempts = attempts;
             agent.reconciled_revision = desired.revision;
+            agent.reconcile_pending = truncated;
             changed = true;
         }
     }
@@ -734,6 +758,81 @@ mod tests {
         assert!(
             c.services.is_none(),
             "stored services reused, not rewritten"
+        );
+    }
+
+    #[test]
+    fn a_large_reconcile_is_spread_over_polls_within_the_transaction_limit() {
+        let many: Vec<Service> = (0..50)
+            .map(|i| Service {
+                workload_key: format!("host:/w{i}"),
+                ..svc(100 + i, false)
+            })
+            .collect();
+        let mut d = DesiredSet {
+            revision: 1,
+            ..DesiredSet::default()
+        };
+        for s in &many {
+            d.workloads.insert(
+                s.workload_key.clone(),
+                DesiredEntry {
+                    workload: DesiredWorkload {
+                        workload_key: s.workload_key.clone(),
+                        instrumentation: Instrumentation::Instrumented,
+                        python_sdk: PythonSdk::Disabled,
+                    },
+                    changed_at_revision: 1,
+                },
+            );
+        }
+        let mut view = settled(vec![], 0);
+        let mut req = steady_request(&view);
+        req.services_hash = services_hash(&many);
+        req.services = Some(many.clone());
+        let mut queued = std::collections::BTreeSet::new();
+        for round in 0..3 {
+            let plan = plan_poll(&tenant(), &view, &req, &d, NOW, &PollSettings::default());
+            let c = plan.commit.expect("write");
+            assert!(c.item_count() <= 100);
+            assert!(c.enqueue.len() <= MAX_ENQUEUE_PER_POLL, "round {round}");
+            for o in &c.enqueue {
+                assert!(
+                    queued.insert(o.action.target.clone()),
+                    "{} queued twice",
+                    o.action.target
+                );
+            }
+            // The next poll sees what this one stored.
+            view.agent = c.agent.clone();
+            view.outbox.extend(c.enqueue.iter().cloned());
+            if let Some(s) = c.services {
+                view.services = Some(s);
+            }
+            req.services = None;
+        }
+        assert_eq!(queued.len(), 50, "every need planned, across polls");
+        let plan = plan_poll(&tenant(), &view, &req, &d, NOW, &PollSettings::default());
+        assert_eq!(plan.commit, None, "settled once everything is queued");
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_hash_is_stored_once() {
+        let view = settled(vec![svc(10, true)], 1);
+        let mut req = steady_request(&view);
+        req.services_hash = "ffffffffffffffff".into();
+        req.services = Some(vec![svc(10, true)]);
+        let plan = plan_poll(
+            &tenant(),
+            &view,
+            &req,
+            &desired(1),
+            NOW,
+            &PollSettings::default(),
+        );
+        assert_eq!(
+            plan.commit, None,
+            "same list as stored: no write, whatever the agent's hash"
         );
     }
 
