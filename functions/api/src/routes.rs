@@ -2,7 +2,7 @@
 //!
 //! | method | path | who |
 //! |---|---|---|
-//! | GET | `/health` | anyone |
+//! | GET | `/health`, `/v1/openapi.json` | anyone |
 //! | POST | `/v1/enroll` | enrollment token (in the body) |
 //! | POST | `/v1/poll` | agent credential |
 //! | POST | `/v1/apply`, GET `/v1/desired` | operator / viewer |
@@ -42,6 +42,7 @@ pub fn router<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
 ) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/enroll", post(enroll::<S, K, Q, C>))
         .route("/v1/poll", post(poll::<S, K, Q, C>))
         .route("/v1/apply", post(apply::<S, K, Q, C>))
@@ -104,6 +105,15 @@ async fn health() -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL_VERSION,
     })
+}
+
+/// The OpenAPI 3.1 document of every route (checked against this router and
+/// fuzzed with schemathesis in `tests/tests/openapi.rs`).
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi/openapi.json"),
+    )
 }
 
 async fn enroll<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
