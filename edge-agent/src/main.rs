@@ -1,0 +1,2 @@
+//! tether-agent (issue 3): under construction.
+fn main() {}
