@@ -10,6 +10,7 @@
 //! - Handlers only translate HTTP to calls on [`tether_core::ControlPlane`]; the
 //!   tenant comes from the verified credential the extractors produce.
 
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod routes;

@@ -65,6 +65,7 @@ pub fn router<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
             post(create_key::<S, K, Q, C>).get(list_keys::<S, K, Q, C>),
         )
         .route("/v1/api-keys/{id}", delete(revoke_key::<S, K, Q, C>))
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(access_log))
