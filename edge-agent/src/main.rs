@@ -1,2 +1,163 @@
-//! tether-agent (issue 3): under construction.
-fn main() {}
+//! `tether-agent`: enroll, run, status. Synchronous, outbound-only.
+
+mod actions;
+mod agent;
+mod backoff;
+mod config;
+mod discovery;
+mod spool;
+mod state;
+mod telemetry;
+mod transport;
+
+use agent::{Agent, AgentError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str =
+    "usage: tether-agent [--config FILE] enroll [--force] | run [--once] | status | scan";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config_path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/tether/agent.json"));
+    let rest: Vec<&str> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *a != "--config" && (*i == 0 || args[i - 1] != "--config"))
+        .map(|(_, a)| a.as_str())
+        .collect();
+    let cfg = match config::Config::load(&config_path, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether-agent: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match rest.first().copied() {
+        Some("enroll") => enroll(&cfg, rest.contains(&"--force")),
+        Some("run") => run(cfg, rest.contains(&"--once")),
+        Some("status") => status(&cfg),
+        Some("scan") => {
+            let eps = discovery::endpoints(&cfg.llm_hosts);
+            let t = std::time::Instant::now();
+            let s = discovery::scan(std::path::Path::new("/proc"), &eps, cfg.report_all_python);
+            println!(
+                "{}",
+                serde_json::json!({"processes": s.processes, "skipped": s.skipped,
+                    "scan_ms": t.elapsed().as_secs_f64() * 1000.0, "services": s.services})
+            );
+            Ok(())
+        }
+        _ => Err(AgentError::Local(USAGE.into())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn transport(cfg: &config::Config) -> transport::UreqTransport {
+    transport::UreqTransport::new(&cfg.server_url, Duration::from_secs(cfg.poll_timeout_s))
+}
+
+fn enroll(cfg: &config::Config, force: bool) -> Result<(), AgentError> {
+    let existing: Option<state::Credential> = state::read(&agent::credential_path(&cfg.data_dir))
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+    if let (Some(c), false) = (&existing, force) {
+        println!(
+            "already enrolled as {} (use --force to enroll again)",
+            c.agent_id
+        );
+        return Ok(());
+    }
+    let c = agent::enroll(cfg, &transport(cfg))?;
+    println!("enrolled as {}", c.agent_id);
+    Ok(())
+}
+
+fn status(cfg: &config::Config) -> Result<(), AgentError> {
+    match state::read::<state::Status>(&agent::status_path(&cfg.data_dir)) {
+        Ok(Some(s)) => {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            Ok(())
+        }
+        Ok(None) => Err(AgentError::Local(format!(
+            "no status yet in {}: has `tether-agent run` started?",
+            cfg.data_dir.display()
+        ))),
+        Err(e) => Err(AgentError::Local(e.to_string())),
+    }
+}
+
+fn run(cfg: config::Config, once: bool) -> Result<(), AgentError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+    }
+    let cred = match state::read(&agent::credential_path(&cfg.data_dir))
+        .map_err(|e| AgentError::Local(e.to_string()))?
+    {
+        Some(c) => c,
+        None => agent::enroll(&cfg, &transport(&cfg))?,
+    };
+    let cap = Duration::from_secs(cfg.max_backoff_s);
+    let mut a = Agent::new(cfg.clone(), transport(&cfg), cred)?;
+    let mut failures = 0u32;
+    loop {
+        let wait = match a.cycle() {
+            Ok(next) => {
+                failures = 0;
+                next
+            }
+            Err(AgentError::Fatal(code)) => {
+                let e = AgentError::Fatal(code);
+                a.record_failure(&e);
+                a.write_status();
+                return Err(e);
+            }
+            Err(e) => {
+                failures += 1;
+                a.record_failure(&e);
+                let wait =
+                    backoff::after_failure(failures, cap, e.retry_after(), rand::random::<f64>());
+                eprintln!(
+                    "tether-agent: poll failed ({e}); retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
+                if once {
+                    a.write_status();
+                    return Err(e);
+                }
+                wait
+            }
+        };
+        a.write_status();
+        if once {
+            return Ok(());
+        }
+        // Sleep in small steps so SIGTERM stops us promptly; state is already durable.
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                eprintln!("tether-agent: stopping (signal); spool and state are on disk");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100).min(until - std::time::Instant::now()));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+}

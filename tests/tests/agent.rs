@@ -1,0 +1,225 @@
+//! The real `tether-agent` against the real control plane on the emulator: enroll,
+//! discovery of a real python process holding a connection to a configured LLM
+//! endpoint, desired state -> action -> result acknowledged, telemetry through SQS,
+//! and an outage survived with nothing lost or duplicated.
+
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tether_e2e::{unique_name, workspace_bin, Emulator, Runner, Stack};
+
+struct Agent {
+    config: std::path::PathBuf,
+}
+
+impl Agent {
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let out = Command::new(workspace_bin("tether-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run tether-agent");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn once(&self, env: &[(&str, &str)]) {
+        let (code, out, err) = self.run(&["run", "--once"], env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+
+    fn status(&self) -> Value {
+        let (code, out, err) = self.run(&["status"], &[]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).expect("status json")
+    }
+}
+
+/// A real python3 holding a TCP connection to `port`.
+fn python_client(port: u16) -> Child {
+    Command::new("python3")
+        .args([
+            "-c",
+            &format!("import socket,time\ns=socket.create_connection(('127.0.0.1',{port}))\ntime.sleep(600)"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3")
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
+    let emu = Emulator::shared();
+    let stack = Stack::create(emu).await;
+    let mut runner = Runner::start(emu, &stack, &[("TETHER_POLL_INTERVAL_MS", "1000")]);
+    let (key, token) = runner.bootstrap("fleet");
+
+    // A local endpoint standing in for an LLM provider; connections are held open.
+    let llm = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let llm_port = llm.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in llm.incoming().flatten() {
+            held.push(c);
+        }
+    });
+
+    let data = std::env::temp_dir().join(unique_name("agent-data"));
+    let config = data.with_extension("json");
+    std::fs::write(
+        &config,
+        json!({
+            "server_url": runner.url,
+            "enrollment_token": token,
+            "data_dir": data,
+            "llm_hosts": [format!("openai=127.0.0.1:{llm_port}")],
+            "allowed_actions": ["signal_process"],
+            "telemetry_window_s": 1,
+            "max_backoff_s": 2
+        })
+        .to_string(),
+    )
+    .expect("config");
+    let agent = Agent { config };
+
+    let (code, out, err) = agent.run(&["enroll"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("enrolled as agt_"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("credential.json"))
+        .expect("cred")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (_, again, _) = agent.run(&["enroll"], &[]);
+    assert!(again.contains("already enrolled"), "{again}");
+
+    // Discovery: the python process with a connection to the endpoint.
+    let mut py = python_client(llm_port);
+    let http = runner.http();
+    let first = wait_for("python service", || {
+        agent.once(&[]);
+        let s = http.get("/v1/services", Some(&key));
+        s.json["services"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["pid"] == py.id()).cloned())
+    });
+    assert_eq!(first["runtime"], "python");
+    assert_eq!(first["llm_providers"], json!(["openai"]));
+    let workload = first["workload_key"].as_str().expect("key").to_owned();
+    assert!(
+        workload.starts_with("host:") && workload.contains("python"),
+        "{workload}"
+    );
+
+    // Restarted process: same workload key, new pid.
+    py.kill().expect("kill");
+    py.wait().expect("wait");
+    let mut py = python_client(llm_port);
+    let second = wait_for("restarted python", || {
+        agent.once(&[]);
+        let s = http.get("/v1/services", Some(&key));
+        s.json["services"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["pid"] == py.id()).cloned())
+    });
+    assert_eq!(second["workload_key"], workload.as_str());
+
+    // Desired state -> action -> result recorded: `instrument` is not on this
+    // host's allow-list, so the agent refuses it and says why.
+    let applied = http.post(
+        "/v1/apply",
+        Some(&key),
+        &json!({"workloads": [{"workload_key": workload, "instrumentation": "instrumented"}]}),
+    );
+    assert_eq!(applied.status, 200);
+    let action = wait_for("refused instrument action", || {
+        agent.once(&[]);
+        let a = http.get("/v1/actions", Some(&key));
+        a.json["actions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|a| a["state"] == "refused").cloned())
+    });
+    assert_eq!(action["kind"], "instrument");
+    assert_eq!(
+        action["result"]["message"], "action kind instrument is not on this host's allow-list",
+        "{action}"
+    );
+    let status = agent.status();
+    assert_eq!(status["health"], "healthy");
+    assert!(status["collectors"]
+        .as_array()
+        .expect("collectors")
+        .iter()
+        .any(|c| c["name"] == "gpu"));
+
+    // Telemetry windows reach the observations queue.
+    std::thread::sleep(Duration::from_millis(1100));
+    agent.once(&[]);
+    let before_outage = stack.receive_observations(1, Duration::from_secs(10)).await;
+    assert!(!before_outage.is_empty(), "no telemetry before the outage");
+
+    // Outage: the control plane is down; windows pile up in the spool.
+    runner.kill();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let (code, _, err) = agent.run(&["run", "--once"], &[]);
+        assert_ne!(code, 0, "a poll with the control plane down must fail");
+        assert!(err.contains("cannot reach"), "{err}");
+    }
+    let down = agent.status();
+    assert!(
+        down["health"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("unhealthy: cannot reach the control plane since"),
+        "{down}"
+    );
+    let spooled = down["spool_depth"].as_u64().expect("depth");
+    assert!(spooled >= 3, "windows spooled during the outage: {spooled}");
+
+    // Back (on a new port): delivered in order, nothing lost, nothing twice.
+    runner.restart();
+    let url = runner.url.clone();
+    agent.once(&[("TETHER_AGENT_SERVER_URL", url.as_str())]);
+    let after = agent.status();
+    assert_eq!(after["spool_depth"], 0, "{after}");
+    let mut msgs = before_outage;
+    msgs.extend(stack.receive_observations(1, Duration::from_secs(10)).await);
+    let seqs: Vec<u64> = msgs
+        .iter()
+        .flat_map(|m| m["windows"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w["seq"].as_u64())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(seqs, sorted, "in order, no duplicates: {seqs:?}");
+    assert_eq!(seqs.first(), Some(&0));
+    assert_eq!(
+        *seqs.last().expect("last") as usize + 1,
+        seqs.len(),
+        "no gaps: {seqs:?}"
+    );
+
+    py.kill().expect("kill");
+    let _ = py.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}
