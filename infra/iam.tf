@@ -64,7 +64,7 @@ resource "aws_iam_role_policy" "function" {
   policy = jsonencode({
     Version = "2012-10-17"
     Statement = concat(
-      [for s in local.function_statements[each.key] : merge(s, { Effect = "Allow" })],
+      [for s in lookup(local.function_statements, each.key, []) : merge(s, { Effect = "Allow" })],
       [{
         Sid      = "Logs"
         Effect   = "Allow"
@@ -73,6 +73,13 @@ resource "aws_iam_role_policy" "function" {
       }]
     )
   })
+
+  lifecycle {
+    precondition {
+      condition     = contains(keys(local.function_statements), each.key)
+      error_message = "Function \"${each.key}\" has no entry in local.function_statements (infra/iam.tf): add its least-privilege statements there."
+    }
+  }
 }
 
 resource "aws_cloudwatch_log_group" "function" {

@@ -13,7 +13,7 @@ locals {
       TETHER_OPERATOR_JWT_AUDIENCE = var.operator_jwt_audience
     },
     var.operator_jwks == "" ? {} : { TETHER_OPERATOR_JWKS = var.operator_jwks },
-    { for q in var.queues : "TETHER_QUEUE_URL_${upper(q)}" => aws_sqs_queue.queue[q].url }
+    { for q in var.queues : "TETHER_QUEUE_URL_${upper(replace(q, "-", "_"))}" => aws_sqs_queue.queue[q].url }
   )
 }
 

@@ -6,6 +6,9 @@
 locals {
   bucket_name = coalesce(var.bucket_name, "${var.name_prefix}-artifacts")
   tags        = merge({ "app" = "tether", "tether:prefix" = var.name_prefix }, var.tags)
+  # AWS's advice for a Lambda-consumed queue: visibility >= 6x the function timeout,
+  # so a message is not redelivered while a (retried) invocation still holds it.
+  queue_visibility_timeout_s = max(60, 6 * max(concat([0], [for f in var.functions : f.timeout_s])...))
 }
 
 # ---- storage -------------------------------------------------------------------
@@ -69,7 +72,7 @@ resource "aws_sqs_queue" "dlq" {
 resource "aws_sqs_queue" "queue" {
   for_each                   = toset(var.queues)
   name                       = "${var.name_prefix}-${each.key}"
-  visibility_timeout_seconds = 60
+  visibility_timeout_seconds = local.queue_visibility_timeout_s
   message_retention_seconds  = 345600
   sqs_managed_sse_enabled    = true
   redrive_policy = jsonencode({

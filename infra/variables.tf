@@ -32,9 +32,17 @@ variable "functions" {
 }
 
 variable "queues" {
-  description = "Work queues (each gets a dead-letter queue)."
+  description = "Work queues (each gets a dead-letter queue); functions get each URL as TETHER_QUEUE_URL_<NAME> ('-' becomes '_')."
   type        = list(string)
   default     = ["observations"]
+  validation {
+    condition     = alltrue([for q in var.queues : can(regex("^[a-z0-9_-]{1,40}$", q))])
+    error_message = "Queue names must be 1-40 lowercase letters, digits, '_' or '-'."
+  }
+  validation {
+    condition     = contains(var.queues, "observations")
+    error_message = "The api function sends to the \"observations\" queue: keep it in var.queues."
+  }
 }
 
 variable "max_receive_count" {

@@ -1,6 +1,9 @@
 //! The real Terraform against the emulator: `infra/` formats, validates, applies
 //! (through `infra/envs/local`), comes out as declared, grants least privilege, and
 //! destroys. Runs on a copy of `infra/` so the repository is never written.
+//!
+//! Terraform gets `hashicorp/aws` from the filesystem mirror named in
+//! `infra/terraformrc.hcl` (no registry access needed).
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -12,7 +15,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Copies a directory tree, leaving out Terraform's working files.
+/// Copies a directory tree, leaving out Terraform's working files and state.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
@@ -30,31 +33,60 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn terraform(dir: &Path, args: &[&str], env: &[(String, String)]) -> String {
-    let out = Command::new("terraform")
+fn run_terraform(dir: &Path, args: &[String]) -> std::process::Output {
+    Command::new("terraform")
         .current_dir(dir)
         .args(args)
         .env("TF_CLI_CONFIG_FILE", repo().join("infra/terraformrc.hcl"))
         .env("TF_IN_AUTOMATION", "1")
         .env("CHECKPOINT_DISABLE", "1")
-        .envs(env.iter().cloned())
         .output()
-        .expect("terraform on PATH");
+        .expect("terraform (>= 1.11) on PATH")
+}
+
+/// Runs terraform; on failure panics with its stdout and stderr. Returns stdout.
+fn terraform(dir: &Path, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let out = run_terraform(dir, &args);
     assert!(
         out.status.success(),
-        "terraform {args:?} failed:\n{}\n{}",
+        "terraform {args:?} in {} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        dir.display(),
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Destroys the applied stack if the test fails before its own destroy (the moto
+/// server dies with the test binary anyway; a LocalStack does not).
+struct DestroyOnPanic {
+    dir: PathBuf,
+    vars: Vec<String>,
+    armed: bool,
+}
+
+impl Drop for DestroyOnPanic {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut args = vec![
+                "destroy".to_owned(),
+                "-auto-approve".to_owned(),
+                "-input=false".to_owned(),
+                "-no-color".to_owned(),
+            ];
+            args.extend(self.vars.iter().cloned());
+            let _ = run_terraform(&self.dir, &args);
+        }
+    }
+}
+
 #[test]
 fn terraform_is_formatted_and_valid() {
     terraform(
         &repo().join("infra"),
-        &["fmt", "-check", "-recursive", "-no-color"],
-        &[],
+        &["fmt", "-check", "-recursive", "-diff", "-no-color"],
     );
     let tmp = std::env::temp_dir().join(unique_name("tf-validate"));
     copy_tree(&repo().join("infra"), &tmp);
@@ -62,22 +94,80 @@ fn terraform_is_formatted_and_valid() {
         terraform(
             &dir,
             &["init", "-backend=false", "-input=false", "-no-color"],
-            &[],
         );
-        let out = terraform(&dir, &["validate", "-no-color"], &[]);
-        assert!(out.contains("Success"), "{out}");
+        let out = terraform(&dir, &["validate", "-json", "-no-color"]);
+        let v: Value = serde_json::from_str(&out).expect("validate -json");
+        assert_eq!(v["valid"], true, "{}: {out}", dir.display());
+        assert_eq!(v["error_count"], 0, "{out}");
+        assert_eq!(v["warning_count"], 0, "{out}");
     }
+    // The committed lock file is the one init derives from the mirror (init keeps it).
+    let committed = std::fs::read_to_string(repo().join("infra/envs/local/.terraform.lock.hcl"))
+        .expect("infra/envs/local/.terraform.lock.hcl is committed");
+    let after_init = std::fs::read_to_string(tmp.join("envs/local/.terraform.lock.hcl"))
+        .expect("lock after init");
+    assert_eq!(committed, after_init);
+    assert!(
+        committed.contains("version     = \"5.100.0\""),
+        "{committed}"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The value of a one-element SQS attribute.
+async fn queue_attr(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    name: aws_sdk_sqs::types::QueueAttributeName,
+) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(name.clone())
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&name).cloned())
+        .unwrap_or_else(|| panic!("{url} has no {name:?}"))
+}
+
+fn set<S: AsRef<str>>(items: &[S]) -> BTreeSet<String> {
+    items.iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    match v {
+        Value::String(s) => set(&[s]),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().expect("string").to_owned())
+            .collect(),
+        other => panic!("expected a string or a list, got {other}"),
+    }
+}
+
+/// Every resource in `terraform show -json` state, through child modules.
+fn state_resources(module: &Value, out: &mut Vec<Value>) {
+    if let Some(rs) = module["resources"].as_array() {
+        out.extend(rs.iter().cloned());
+    }
+    if let Some(children) = module["child_modules"].as_array() {
+        for c in children {
+            state_resources(c, out);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
+    use aws_sdk_sqs::types::QueueAttributeName as Q;
+
     let emu = Emulator::shared();
     let prefix = unique_name("tf");
     let tmp = std::env::temp_dir().join(&prefix);
     copy_tree(&repo().join("infra"), &tmp);
     let dir = tmp.join("envs/local");
-    let vars = [
+    let vars = vec![
         "-var".to_owned(),
         format!("endpoint={}", emu.endpoint),
         "-var".to_owned(),
@@ -89,19 +179,24 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             .chain(vars.iter().cloned())
             .collect()
     };
-    terraform(&dir, &["init", "-input=false", "-no-color"], &[]);
+    terraform(&dir, &["init", "-input=false", "-no-color"]);
     let apply = with_vars(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    terraform(
-        &dir,
-        &apply.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[],
-    );
+    let mut guard = DestroyOnPanic {
+        dir: dir.clone(),
+        vars: vars.clone(),
+        armed: true,
+    };
+    let started = std::time::Instant::now();
+    terraform(&dir, &apply.iter().map(String::as_str).collect::<Vec<_>>());
+    eprintln!("terraform apply to the emulator: {:?}", started.elapsed());
     let outputs: Value =
-        serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"], &[]))
-            .expect("outputs");
+        serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"])).expect("outputs");
+    let out = |name: &str| outputs[name]["value"].clone();
 
+    // ---- table ------------------------------------------------------------------
     let sdk = emu.sdk_config().await;
     let table = format!("{prefix}-main");
+    assert_eq!(out("table_name"), table.as_str());
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let desc = ddb
         .describe_table()
@@ -111,33 +206,57 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         .expect("table")
         .table
         .expect("desc");
-    let keys: Vec<(String, String)> = desc
-        .key_schema()
+    assert_eq!(out("table_arn"), desc.table_arn().expect("arn"));
+    let keys = |ks: &[aws_sdk_dynamodb::types::KeySchemaElement]| -> Vec<(String, String)> {
+        ks.iter()
+            .map(|k| {
+                (
+                    k.attribute_name().to_owned(),
+                    k.key_type().as_str().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let hash_range = |h: &str, r: &str| vec![(h.into(), "HASH".into()), (r.into(), "RANGE".into())];
+    assert_eq!(keys(desc.key_schema()), hash_range("pk", "sk"));
+    let attr_types: BTreeSet<(String, String)> = desc
+        .attribute_definitions()
         .iter()
-        .map(|k| {
+        .map(|a| {
             (
-                k.attribute_name().to_owned(),
-                k.key_type().as_str().to_owned(),
+                a.attribute_name().to_owned(),
+                a.attribute_type().as_str().to_owned(),
             )
         })
         .collect();
     assert_eq!(
-        keys,
-        vec![("pk".into(), "HASH".into()), ("sk".into(), "RANGE".into())]
+        attr_types,
+        ["gsi1pk", "gsi1sk", "pk", "sk"]
+            .iter()
+            .map(|n| ((*n).to_owned(), "S".to_owned()))
+            .collect()
     );
+    assert_eq!(desc.global_secondary_indexes().len(), 1);
     let gsi = &desc.global_secondary_indexes()[0];
     assert_eq!(gsi.index_name(), Some("gsi1"));
-    let gsi_keys: Vec<&str> = gsi
-        .key_schema()
-        .iter()
-        .map(|k| k.attribute_name())
-        .collect();
-    assert_eq!(gsi_keys, vec!["gsi1pk", "gsi1sk"]);
+    assert_eq!(keys(gsi.key_schema()), hash_range("gsi1pk", "gsi1sk"));
+    assert_eq!(
+        gsi.projection()
+            .and_then(|p| p.projection_type())
+            .map(|t| t.as_str()),
+        Some("ALL")
+    );
     assert_eq!(
         desc.billing_mode_summary()
             .and_then(|b| b.billing_mode())
             .map(|m| m.as_str()),
         Some("PAY_PER_REQUEST")
+    );
+    assert_eq!(
+        desc.sse_description()
+            .and_then(|s| s.status())
+            .map(|s| s.as_str()),
+        Some("ENABLED")
     );
     let ttl = ddb
         .describe_time_to_live()
@@ -183,52 +302,61 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     assert_eq!(attrs(&harness), attrs(&desc));
     assert_eq!(harness.key_schema(), desc.key_schema());
 
+    // ---- queues -----------------------------------------------------------------
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = outputs["queue_urls"]["value"]["observations"]
-        .as_str()
-        .expect("queue url");
-    let dlq_url = outputs["dlq_urls"]["value"]["observations"]
-        .as_str()
-        .expect("dlq url");
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-        .send()
-        .await
-        .expect("queue attributes");
-    let redrive: Value = serde_json::from_str(
-        attrs
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy))
-            .expect("redrive policy"),
-    )
-    .expect("redrive json");
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(dlq_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("dlq attributes")
-        .attributes()
-        .and_then(|a| {
-            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .cloned()
-        })
-        .expect("dlq arn");
+    let queue_urls = out("queue_urls");
+    let dlq_urls = out("dlq_urls");
+    let queue_names: Option<BTreeSet<String>> =
+        queue_urls.as_object().map(|m| m.keys().cloned().collect());
+    assert_eq!(queue_names, Some(set(&["observations"])));
+    let queue_url = queue_urls["observations"].as_str().expect("queue url");
+    let dlq_url = dlq_urls["observations"].as_str().expect("dlq url");
+    assert!(
+        queue_url.ends_with(&format!("/{prefix}-observations")),
+        "{queue_url}"
+    );
+    assert!(
+        dlq_url.ends_with(&format!("/{prefix}-observations-dlq")),
+        "{dlq_url}"
+    );
+    let redrive: Value =
+        serde_json::from_str(&queue_attr(&sqs, queue_url, Q::RedrivePolicy).await).expect("json");
+    let dlq_arn = queue_attr(&sqs, dlq_url, Q::QueueArn).await;
+    let queue_arn = queue_attr(&sqs, queue_url, Q::QueueArn).await;
     assert_eq!(redrive["deadLetterTargetArn"], dlq_arn.as_str());
+    // AWS answers a number, some emulators a string.
     assert_eq!(
         redrive["maxReceiveCount"].to_string().trim_matches('"'),
         "5"
     );
+    let visibility: u64 = queue_attr(&sqs, queue_url, Q::VisibilityTimeout)
+        .await
+        .parse()
+        .expect("number");
+    assert!(
+        visibility >= 60,
+        "visibility timeout {visibility} < 6 x 10 s"
+    );
+    assert_eq!(
+        queue_attr(&sqs, dlq_url, Q::MessageRetentionPeriod).await,
+        (14 * 24 * 3600).to_string()
+    );
+    for url in [queue_url, dlq_url] {
+        assert_eq!(
+            queue_attr(&sqs, url, Q::SqsManagedSseEnabled).await,
+            "true",
+            "{url}"
+        );
+    }
 
+    // ---- bucket -----------------------------------------------------------------
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(true)
             .build(),
     );
     let bucket = format!("{prefix}-artifacts");
+    assert_eq!(out("bucket_name"), bucket.as_str());
     // moto 5.2 names the root element of GetBucketVersioning's answer differently
     // from AWS, which the SDK refuses; read the (unsigned) XML directly instead.
     let versioning = ureq::get(format!("{}/{bucket}?versioning", emu.endpoint))
@@ -258,77 +386,195 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         ),
         (Some(true), Some(true), Some(true), Some(true))
     );
+    let sse = s3
+        .get_bucket_encryption()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket encryption");
+    let algorithms: Vec<String> = sse
+        .server_side_encryption_configuration()
+        .expect("sse config")
+        .rules()
+        .iter()
+        .filter_map(|r| r.apply_server_side_encryption_by_default())
+        .map(|d| d.sse_algorithm().as_str().to_owned())
+        .collect();
+    assert_eq!(algorithms, vec!["AES256".to_owned()]);
+    let ownership = s3
+        .get_bucket_ownership_controls()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ownership controls");
+    let rules: Vec<String> = ownership
+        .ownership_controls()
+        .expect("controls")
+        .rules()
+        .iter()
+        .map(|r| r.object_ownership().as_str().to_owned())
+        .collect();
+    assert_eq!(rules, vec!["BucketOwnerEnforced".to_owned()]);
+
+    // ---- secret: exists, holds no value (key material never enters the state) ---
+    let secret_id = format!("{prefix}/signing-keys");
+    assert_eq!(out("signing_secret_id"), secret_id.as_str());
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
     let secret = secrets
         .describe_secret()
-        .secret_id(format!("{prefix}/signing-keys"))
+        .secret_id(&secret_id)
         .send()
         .await
         .expect("secret");
-    assert_eq!(
-        secret.name(),
-        Some(format!("{prefix}/signing-keys").as_str())
+    assert_eq!(secret.name(), Some(secret_id.as_str()));
+    let secret_arn = secret.arn().expect("secret arn").to_owned();
+    let value = secrets
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await;
+    assert!(
+        value.is_err(),
+        "the secret has a value right after apply: Terraform must not write key material"
     );
 
-    // The runner is configured from this output: every variable it requires is there.
-    let env = &outputs["env"]["value"];
-    assert_eq!(env["TETHER_TABLE"], table.as_str());
-    assert_eq!(env["TETHER_BUCKET"], bucket.as_str());
-    assert_eq!(env["TETHER_QUEUE_URL_OBSERVATIONS"], queue_url);
-    assert_eq!(
-        env["TETHER_SIGNING_SECRET_ID"],
-        format!("{prefix}/signing-keys").as_str()
+    // ---- outputs the runner and operators use -------------------------------------
+    let env = out("env");
+    let want_env = serde_json::json!({
+        "TETHER_TABLE": table,
+        "TETHER_BUCKET": bucket,
+        "TETHER_QUEUE_URL_OBSERVATIONS": queue_url,
+        "TETHER_SIGNING_SECRET_ID": secret_id,
+        "TETHER_OPERATOR_JWT_ISSUER": "tether",
+        "TETHER_OPERATOR_JWT_AUDIENCE": "tether-operators",
+    });
+    assert_eq!(env, want_env);
+    assert_eq!(out("api_url"), Value::Null, "no packages: no function URL");
+    let role_arn = out("function_role_arns")["api"]
+        .as_str()
+        .expect("api role arn")
+        .to_owned();
+    assert!(
+        role_arn.ends_with(&format!(":role/{prefix}-api")),
+        "{role_arn}"
     );
 
-    // Least privilege: exactly these actions, no wildcard action or resource.
-    let policy: Value = serde_json::from_str(
-        outputs["function_policies"]["value"]["api"]
-            .as_str()
-            .expect("policy"),
-    )
-    .expect("json");
-    let mut actions = BTreeSet::new();
-    for st in policy["Statement"].as_array().expect("statements") {
-        assert_eq!(st["Effect"], "Allow");
-        for a in st["Action"].as_array().expect("actions") {
-            actions.insert(a.as_str().expect("action").to_owned());
-        }
-        for r in st["Resource"].as_array().expect("resources") {
-            let r = r.as_str().expect("resource");
-            assert!(
-                r != "*" && r.contains(&prefix),
-                "resource {r} is not pinned to this stack"
-            );
-        }
-    }
-    let want: BTreeSet<String> = [
-        "dynamodb:BatchGetItem",
-        "dynamodb:ConditionCheckItem",
-        "dynamodb:DeleteItem",
-        "dynamodb:GetItem",
-        "dynamodb:PutItem",
-        "dynamodb:Query",
-        "dynamodb:TransactWriteItems",
-        "dynamodb:UpdateItem",
-        "sqs:SendMessage",
-        "s3:GetObject",
-        "s3:PutObject",
-        "secretsmanager:GetSecretValue",
-        "logs:CreateLogStream",
-        "logs:PutLogEvents",
+    // ---- least privilege, from the state: exact actions on exact resources --------
+    let show: Value =
+        serde_json::from_str(&terraform(&dir, &["show", "-json", "-no-color"])).expect("show");
+    let mut resources = Vec::new();
+    state_resources(&show["values"]["root_module"], &mut resources);
+    let types: BTreeSet<String> = resources
+        .iter()
+        .map(|r| r["type"].as_str().expect("type").to_owned())
+        .collect();
+    assert!(
+        !types.contains("aws_secretsmanager_secret_version"),
+        "a secret version is in the state: {types:?}"
+    );
+    assert!(
+        !types.contains("aws_lambda_function"),
+        "no packages given, yet functions were created: {types:?}"
+    );
+    let policies: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r["type"] == "aws_iam_role_policy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one policy per function (api)");
+    let policy_json = policies[0]["values"]["policy"].as_str().expect("policy");
+    assert_eq!(out("function_policies")["api"], policy_json);
+    let policy: Value = serde_json::from_str(policy_json).expect("policy json");
+    let account = desc
+        .table_arn()
+        .and_then(|a| a.split(':').nth(4))
+        .expect("account in the table arn")
+        .to_owned();
+    let table_arn = desc.table_arn().expect("arn").to_owned();
+    let want: BTreeSet<(BTreeSet<String>, BTreeSet<String>)> = [
+        (
+            set(&[
+                "dynamodb:BatchGetItem",
+                "dynamodb:ConditionCheckItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:Query",
+                "dynamodb:TransactWriteItems",
+                "dynamodb:UpdateItem",
+            ]),
+            set(&[&table_arn, &format!("{table_arn}/index/*")]),
+        ),
+        (set(&["sqs:SendMessage"]), set(&[&queue_arn])),
+        (
+            set(&["s3:GetObject", "s3:PutObject"]),
+            set(&[&format!("arn:aws:s3:::{bucket}/*")]),
+        ),
+        (set(&["secretsmanager:GetSecretValue"]), set(&[&secret_arn])),
+        (
+            set(&["logs:CreateLogStream", "logs:PutLogEvents"]),
+            set(&[&format!(
+                "arn:aws:logs:us-east-1:{account}:log-group:/aws/lambda/{prefix}-api:*"
+            )]),
+        ),
     ]
     .into_iter()
-    .map(str::to_owned)
     .collect();
-    assert_eq!(actions, want);
+    let mut got = BTreeSet::new();
+    for st in policy["Statement"].as_array().expect("statements") {
+        assert_eq!(st["Effect"], "Allow", "{st}");
+        for key in ["NotAction", "NotResource", "Principal", "Condition"] {
+            assert!(st.get(key).is_none(), "unexpected {key} in {st}");
+        }
+        let (actions, resources) = (strings(&st["Action"]), strings(&st["Resource"]));
+        for a in &actions {
+            assert!(!a.contains('*'), "wildcard action {a}");
+        }
+        for r in &resources {
+            assert!(
+                r != "*" && r.contains(&prefix),
+                "resource {r} is not this stack's"
+            );
+        }
+        got.insert((actions, resources));
+    }
+    assert_eq!(got, want);
 
+    // ---- destroy ----------------------------------------------------------------
     let destroy = with_vars(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     terraform(
         &dir,
         &destroy.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[],
     );
-    let gone = ddb.describe_table().table_name(&table).send().await;
-    assert!(gone.is_err(), "table still exists after destroy");
+    guard.armed = false;
+    assert!(
+        ddb.describe_table()
+            .table_name(&table)
+            .send()
+            .await
+            .is_err(),
+        "table still exists after destroy"
+    );
+    for name in [
+        format!("{prefix}-observations"),
+        format!("{prefix}-observations-dlq"),
+    ] {
+        assert!(
+            sqs.get_queue_url().queue_name(&name).send().await.is_err(),
+            "queue {name} still exists after destroy"
+        );
+    }
+    assert!(
+        s3.head_bucket().bucket(&bucket).send().await.is_err(),
+        "bucket still exists after destroy"
+    );
+    assert!(
+        secrets
+            .describe_secret()
+            .secret_id(&secret_id)
+            .send()
+            .await
+            .is_err(),
+        "secret still exists after destroy"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
 }

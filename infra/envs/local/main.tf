@@ -39,18 +39,37 @@ provider "aws" {
   }
 }
 
+variable "lambda_artifacts_dir" {
+  description = "Leave null on the emulator: it cannot run Lambda without Docker, tether-local hosts the handlers. Set it to check the function resources against moto (created, not invoked)."
+  type        = string
+  default     = null
+}
+
 module "tether" {
-  source                      = "../.."
-  name_prefix                 = var.name_prefix
+  source               = "../.."
+  name_prefix          = var.name_prefix
+  lambda_artifacts_dir = var.lambda_artifacts_dir
+  # A throwaway stack: delete the secret at once, so destroy + apply with the same
+  # prefix works (the module's default keeps it restorable for 7 days).
   secret_recovery_window_days = 0
 }
 
+# Every output of the module, re-exported (`terraform output -json env` configures
+# tether-local).
 output "env" {
   value = module.tether.env
 }
 
 output "table_name" {
   value = module.tether.table_name
+}
+
+output "table_arn" {
+  value = module.tether.table_arn
+}
+
+output "bucket_name" {
+  value = module.tether.bucket_name
 }
 
 output "queue_urls" {
@@ -61,12 +80,16 @@ output "dlq_urls" {
   value = module.tether.dlq_urls
 }
 
-output "bucket_name" {
-  value = module.tether.bucket_name
-}
-
 output "signing_secret_id" {
   value = module.tether.signing_secret_id
+}
+
+output "api_url" {
+  value = module.tether.api_url
+}
+
+output "function_role_arns" {
+  value = module.tether.function_role_arns
 }
 
 output "function_policies" {
