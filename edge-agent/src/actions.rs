@@ -6,14 +6,17 @@
 //!   the action runs, so a redelivered action is never run twice, even across a
 //!   crash (a crash mid-action reports it as failed rather than rerunning it).
 //! - An expired action, a dry run, a refused kind and an unknown kind all end with
-//!   a `final` result that says why.
+//!   a `final` result that says why. An action that runs reports `received`,
+//!   `started` and `final`; one that does not run reports `received` and `final`.
+//! - A redelivered action gets `received` plus the recorded final result again.
+//! - `mode: dry_run` changes nothing on the host; it says what it would do.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tether_proto::{Action, ActionMode, ActionResult, ResultPhase, ResultStatus};
+use tether_proto::{Action, ActionKind, ActionMode, ActionResult, ResultPhase, ResultStatus};
 
 const TAIL: usize = 4096;
 
@@ -117,12 +120,25 @@ fn result(
     }
 }
 
+/// What actions may touch on this host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The local allow-list (config `allowed_actions`).
+    pub allowed: Vec<String>,
+    /// Where systemd unit drop-ins go (`/etc/systemd/system`).
+    pub systemd_dir: PathBuf,
+    /// Put on `PYTHONPATH` by `enable_python_sdk`.
+    pub python_sdk_path: String,
+    pub otlp_endpoint: String,
+}
+
 /// Runs (or refuses) one action; returns the results to report, in phase order.
 pub fn handle(
     a: &Action,
-    allowed: &[String],
+    host: &Host,
     ledger: &mut Ledger,
 ) -> Result<Vec<ActionResult>, LedgerError> {
+    let allowed = &host.allowed;
     if let Some(prior) = ledger.seen(&a.idempotency_key) {
         // Redelivered: never run again; report what we know.
         let mut again = vec![result(a, ResultPhase::Received, None, "")];
@@ -155,7 +171,7 @@ pub fn handle(
             &format!("action kind {kind} is not on this host's allow-list"),
         )
     } else {
-        execute(a)
+        execute(a, host)
     };
     ledger.append(&format!(
         "final {}",
@@ -164,70 +180,189 @@ pub fn handle(
     ledger
         .done
         .insert(a.idempotency_key.clone(), Some(fin.clone()));
-    Ok(vec![received, fin])
+    let mut out = vec![received];
+    if let Some(started_at) = fin.started_at_ms {
+        let mut started = result(a, ResultPhase::Started, None, "");
+        started.started_at_ms = Some(started_at);
+        out.push(started);
+    }
+    out.push(fin);
+    Ok(out)
 }
 
-fn run(a: &Action, mut cmd: Command) -> ActionResult {
+/// Runs `steps` in order, stopping at the first failure; the result carries the
+/// last step's exit code and the combined output tails.
+fn run(a: &Action, steps: Vec<Command>) -> ActionResult {
     let started = now_ms();
-    let mut r = result(a, ResultPhase::Final, Some(ResultStatus::Failed), "");
+    let mut r = result(a, ResultPhase::Final, Some(ResultStatus::Succeeded), "");
     r.started_at_ms = Some(started);
-    match cmd.output() {
-        Ok(out) => {
-            r.exit_code = out.status.code();
-            r.stdout_tail = tail(&out.stdout);
-            r.stderr_tail = tail(&out.stderr);
-            if out.status.success() {
-                r.status = Some(ResultStatus::Succeeded);
-            } else {
-                r.message = format!("exited with {}", out.status);
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    for mut cmd in steps {
+        let shown = format!("{:?}", cmd).replace('"', "");
+        match cmd.output() {
+            Ok(out) => {
+                stdout.extend_from_slice(&out.stdout);
+                stderr.extend_from_slice(&out.stderr);
+                r.exit_code = out.status.code();
+                if !out.status.success() {
+                    r.status = Some(ResultStatus::Failed);
+                    r.message = format!("{shown} exited with {}", out.status);
+                    break;
+                }
+            }
+            Err(e) => {
+                r.status = Some(ResultStatus::Failed);
+                r.message = format!("could not start {shown}: {e}");
+                break;
             }
         }
-        Err(e) => r.message = format!("could not start: {e}"),
     }
+    r.stdout_tail = tail(&stdout);
+    r.stderr_tail = tail(&stderr);
     r.finished_at_ms = Some(now_ms());
     r
 }
 
-fn execute(a: &Action) -> ActionResult {
+fn finished(a: &Action, status: ResultStatus, message: &str) -> ActionResult {
+    result(a, ResultPhase::Final, Some(status), message)
+}
+
+/// A systemd unit name we are willing to pass to systemctl.
+fn unit_name(s: &str) -> Option<&str> {
+    let ok = s.ends_with(".service")
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b));
+    ok.then_some(s)
+}
+
+/// The unit of an action: `payload.unit`, else the `systemd:<unit>` target.
+fn unit_of(a: &Action) -> Option<&str> {
+    a.payload["unit"]
+        .as_str()
+        .or_else(|| a.target.strip_prefix("systemd:"))
+        .and_then(unit_name)
+}
+
+/// The drop-in text that turns the Python SDK on for `unit`.
+pub fn python_sdk_dropin_text(unit: &str, host: &Host) -> String {
+    let service = unit.trim_end_matches(".service");
+    format!(
+        "# Written by tether-agent (enable_python_sdk); disable_python_sdk removes it.\n\
+         [Service]\n\
+         Environment=\"PYTHONPATH={}\"\n\
+         Environment=\"OTEL_SERVICE_NAME={service}\"\n\
+         Environment=\"OTEL_EXPORTER_OTLP_ENDPOINT={}\"\n\
+         Environment=\"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf\"\n\
+         Environment=\"OTEL_TRACES_EXPORTER=otlp\"\n",
+        host.python_sdk_path, host.otlp_endpoint
+    )
+}
+
+fn systemctl(args: &[&str]) -> Command {
+    let mut c = Command::new("systemctl");
+    c.args(args);
+    c
+}
+
+fn python_sdk(a: &Action, host: &Host, enable: bool) -> ActionResult {
+    let Some(unit) = unit_of(a) else {
+        return finished(
+            a,
+            ResultStatus::Refused,
+            "the python SDK is switched through a systemd unit: target systemd:<unit>.service or payload.unit",
+        );
+    };
+    let path = crate::discovery::python_sdk_dropin(&host.systemd_dir, unit);
+    let text = python_sdk_dropin_text(unit, host);
+    if a.mode == ActionMode::DryRun {
+        return if enable {
+            finished(
+                a,
+                ResultStatus::DryRun,
+                &format!("would write {} and restart {unit}:\n{text}", path.display()),
+            )
+        } else {
+            finished(
+                a,
+                ResultStatus::DryRun,
+                &format!("would remove {} and restart {unit}", path.display()),
+            )
+        };
+    }
+    let started = now_ms();
+    let changed = if enable {
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, &text))
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    if let Err(e) = changed {
+        let mut r = finished(a, ResultStatus::Failed, &format!("{}: {e}", path.display()));
+        r.started_at_ms = Some(started);
+        r.finished_at_ms = Some(now_ms());
+        return r;
+    }
+    let mut r = run(
+        a,
+        vec![systemctl(&["daemon-reload"]), systemctl(&["restart", unit])],
+    );
+    r.started_at_ms = Some(started);
+    if r.status == Some(ResultStatus::Succeeded) {
+        r.message = format!(
+            "{} {}; restarted {unit}",
+            if enable { "wrote" } else { "removed" },
+            path.display()
+        );
+    }
+    r
+}
+
+fn execute(a: &Action, host: &Host) -> ActionResult {
     let dry = a.mode == ActionMode::DryRun;
     let p = &a.payload;
     match a.kind.as_str() {
         "signal_process" => {
-            let (Some(pid), sig) = (p["pid"].as_u64(), p["signal"].as_str().unwrap_or("TERM")) else {
-                return result(a, ResultPhase::Final, Some(ResultStatus::Failed), "payload needs pid");
+            let sig = p["signal"].as_str().unwrap_or("TERM");
+            let Some(pid) = p["pid"].as_u64().filter(|pid| *pid > 1 && *pid <= u64::from(u32::MAX)) else {
+                return finished(a, ResultStatus::Failed, "payload needs a pid above 1");
             };
-            if !sig.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return result(a, ResultPhase::Final, Some(ResultStatus::Failed), "bad signal name");
+            let sig = sig.trim_start_matches("SIG");
+            if sig.is_empty() || !sig.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return finished(a, ResultStatus::Failed, "bad signal name");
             }
             if dry {
-                return result(a, ResultPhase::Final, Some(ResultStatus::DryRun), &format!("would send SIG{sig} to {pid}"));
+                return finished(a, ResultStatus::DryRun, &format!("would send SIG{sig} to {pid}"));
             }
             let mut c = Command::new("kill");
             c.arg(format!("-{sig}")).arg(pid.to_string());
-            run(a, c)
+            run(a, vec![c])
         }
         "restart_service" => {
-            let Some(unit) = p["unit"].as_str().filter(|u| u.ends_with(".service") && !u.contains('/')) else {
-                return result(a, ResultPhase::Final, Some(ResultStatus::Failed), "payload needs a unit ending in .service");
+            let Some(unit) = unit_of(a) else {
+                return finished(a, ResultStatus::Failed, "payload needs a unit ending in .service");
             };
             if dry {
-                return result(a, ResultPhase::Final, Some(ResultStatus::DryRun), &format!("would run systemctl restart {unit}"));
+                return finished(a, ResultStatus::DryRun, &format!("would run systemctl restart {unit}"));
             }
-            let mut c = Command::new("systemctl");
-            c.args(["restart", unit]);
-            run(a, c)
+            run(a, vec![systemctl(&["restart", unit])])
         }
-        "instrument" | "uninstrument" => result(
+        ActionKind::ENABLE_PYTHON_SDK => python_sdk(a, host, true),
+        ActionKind::DISABLE_PYTHON_SDK => python_sdk(a, host, false),
+        ActionKind::INSTRUMENT | ActionKind::UNINSTRUMENT => finished(
             a,
-            ResultPhase::Final,
-            Some(ResultStatus::Refused),
+            ResultStatus::Refused,
             "unsupported on this host: eBPF instrumentation is not implemented in this agent version",
         ),
-        other => result(
+        other => finished(
             a,
-            ResultPhase::Final,
-            Some(ResultStatus::Refused),
-            &format!("unsupported action kind {other} in this agent version"),
+            ResultStatus::Refused,
+            &format!("unknown action kind {other}: not supported by this agent version"),
         ),
     }
 }
@@ -235,7 +370,6 @@ fn execute(a: &Action) -> ActionResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_proto::ActionKind;
 
     fn action(kind: &str, key: &str, payload: serde_json::Value) -> Action {
         Action {
@@ -251,14 +385,31 @@ mod tests {
         }
     }
 
-    fn ledger() -> (PathBuf, Ledger) {
-        let p = std::env::temp_dir().join(format!(
-            "ledger-{}-{}",
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "{name}-{}-{}",
             std::process::id(),
             rand::random::<u32>()
-        ));
+        ))
+    }
+
+    fn ledger() -> (PathBuf, Ledger) {
+        let p = scratch("ledger");
         let l = Ledger::open(&p).expect("ledger");
         (p, l)
+    }
+
+    fn host(allowed: &[&str]) -> Host {
+        Host {
+            allowed: allowed.iter().map(|s| s.to_string()).collect(),
+            systemd_dir: scratch("systemd"),
+            python_sdk_path: "/opt/tether/python-sdk".into(),
+            otlp_endpoint: "http://127.0.0.1:4318".into(),
+        }
+    }
+
+    fn phases(rs: &[ActionResult]) -> Vec<ResultPhase> {
+        rs.iter().map(|r| r.phase).collect()
     }
 
     #[test]
@@ -270,20 +421,53 @@ mod tests {
             "k1",
             serde_json::json!({"pid": child.id(), "signal": "TERM"}),
         );
-        let allowed = vec!["signal_process".to_owned()];
-        let first = handle(&a, &allowed, &mut l).expect("handle");
+        let h = host(&["signal_process"]);
+        let first = handle(&a, &h, &mut l).expect("handle");
         assert_eq!(
-            first[1].status,
-            Some(ResultStatus::Succeeded),
-            "{:?}",
-            first[1]
+            phases(&first),
+            vec![
+                ResultPhase::Received,
+                ResultPhase::Started,
+                ResultPhase::Final
+            ]
         );
+        let fin = &first[2];
+        assert_eq!(fin.status, Some(ResultStatus::Succeeded), "{fin:?}");
+        assert_eq!(fin.exit_code, Some(0));
+        assert!(fin.started_at_ms <= fin.finished_at_ms);
         let status = child.wait().expect("wait");
-        assert!(!status.success(), "the child was signalled");
-        // Same action again, from a reopened ledger: not run, same result.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(15), "the child got SIGTERM");
+        // A second child: if the redelivery ran the action again it would signal
+        // this pid's predecessor, so watch the ledger file instead: no new key.
+        let before = std::fs::read_to_string(&path).expect("ledger text");
         let mut reopened = Ledger::open(&path).expect("reopen");
-        let again = handle(&a, &allowed, &mut reopened).expect("handle");
-        assert_eq!(again[1], first[1]);
+        let again = handle(&a, &h, &mut reopened).expect("handle");
+        assert_eq!(
+            phases(&again),
+            vec![ResultPhase::Received, ResultPhase::Final]
+        );
+        assert_eq!(&again[1], fin, "the recorded result, re-reported");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("ledger text"),
+            before,
+            "a redelivery writes nothing and runs nothing"
+        );
+        assert_eq!(
+            before.lines().filter(|l| l.starts_with("taken ")).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_crash_mid_action_is_reported_failed_not_rerun() {
+        let (path, _) = ledger();
+        std::fs::write(&path, "taken k9\nfinal {torn").expect("write");
+        let mut l = Ledger::open(&path).expect("open");
+        let a = action("signal_process", "k9", serde_json::json!({"pid": 999_999}));
+        let r = handle(&a, &host(&["signal_process"]), &mut l).expect("handle");
+        assert_eq!(r[1].status, Some(ResultStatus::Failed));
+        assert!(r[1].message.starts_with("interrupted"), "{}", r[1].message);
     }
 
     #[test]
@@ -295,32 +479,115 @@ mod tests {
                 "k2",
                 serde_json::json!({"unit": "x.service"}),
             ),
-            &[],
+            &host(&[]),
             &mut l,
         )
         .expect("handle");
+        assert_eq!(
+            phases(&off),
+            vec![ResultPhase::Received, ResultPhase::Final]
+        );
         assert_eq!(off[1].status, Some(ResultStatus::Refused));
-        assert!(off[1].message.contains("allow-list"), "{}", off[1].message);
+        assert_eq!(
+            off[1].message,
+            "action kind restart_service is not on this host's allow-list"
+        );
         let mut old = action("signal_process", "k3", serde_json::json!({"pid": 1}));
         old.expires_at_ms = 1;
-        let exp = handle(&old, &["signal_process".into()], &mut l).expect("handle");
-        assert!(exp[1].message.contains("expired"));
+        let exp = handle(&old, &host(&["signal_process"]), &mut l).expect("handle");
+        assert_eq!(exp[1].status, Some(ResultStatus::Refused));
+        assert!(exp[1].message.starts_with("expired"), "{}", exp[1].message);
         let inst = handle(
             &action("instrument", "k4", serde_json::Value::Null),
-            &["instrument".into()],
+            &host(&["instrument"]),
             &mut l,
         )
         .expect("handle");
         assert_eq!(inst[1].status, Some(ResultStatus::Refused));
-        assert!(inst[1].message.starts_with("unsupported on this host"));
+        assert_eq!(
+            inst[1].message,
+            "unsupported on this host: eBPF instrumentation is not implemented in this agent version"
+        );
+        let unknown = handle(
+            &action("drain_gpu", "k6", serde_json::Value::Null),
+            &host(&["drain_gpu"]),
+            &mut l,
+        )
+        .expect("handle");
+        assert_eq!(unknown[1].status, Some(ResultStatus::Refused));
+        assert!(
+            unknown[1].message.contains("drain_gpu"),
+            "{}",
+            unknown[1].message
+        );
         let mut dry = action(
             "restart_service",
             "k5",
             serde_json::json!({"unit": "chat.service"}),
         );
         dry.mode = ActionMode::DryRun;
-        let d = handle(&dry, &["restart_service".into()], &mut l).expect("handle");
+        let d = handle(&dry, &host(&["restart_service"]), &mut l).expect("handle");
         assert_eq!(d[1].status, Some(ResultStatus::DryRun));
         assert_eq!(d[1].message, "would run systemctl restart chat.service");
+        let evil = handle(
+            &action(
+                "restart_service",
+                "k7",
+                serde_json::json!({"unit": "a.service; rm -rf /"}),
+            ),
+            &host(&["restart_service"]),
+            &mut l,
+        )
+        .expect("handle");
+        assert_eq!(evil[1].status, Some(ResultStatus::Failed));
+    }
+
+    #[test]
+    fn python_sdk_dry_run_shows_the_drop_in_and_changes_nothing() {
+        let (_, mut l) = ledger();
+        let h = host(&["enable_python_sdk", "disable_python_sdk"]);
+        let mut a = action(ActionKind::ENABLE_PYTHON_SDK, "p1", serde_json::Value::Null);
+        a.target = "systemd:chat-api.service".into();
+        a.mode = ActionMode::DryRun;
+        let r = handle(&a, &h, &mut l).expect("handle");
+        assert_eq!(r[1].status, Some(ResultStatus::DryRun));
+        let dropin = h
+            .systemd_dir
+            .join("chat-api.service.d/50-tether-python-sdk.conf");
+        assert!(
+            r[1].message.contains(&dropin.display().to_string()),
+            "{}",
+            r[1].message
+        );
+        assert!(r[1]
+            .message
+            .contains("Environment=\"PYTHONPATH=/opt/tether/python-sdk\""));
+        assert!(r[1]
+            .message
+            .contains("Environment=\"OTEL_SERVICE_NAME=chat-api\""));
+        assert!(!h.systemd_dir.exists(), "a dry run writes nothing");
+
+        // Execute: the drop-in is written before systemctl runs (there is no
+        // systemd here, so the restart itself fails and says so).
+        let mut x = a.clone();
+        x.mode = ActionMode::Execute;
+        x.idempotency_key = "p2".into();
+        let r = handle(&x, &h, &mut l).expect("handle");
+        assert_eq!(
+            std::fs::read_to_string(&dropin).expect("drop-in"),
+            python_sdk_dropin_text("chat-api.service", &h)
+        );
+        assert!(r.last().and_then(|f| f.status).is_some());
+        let mut off = x.clone();
+        off.kind = ActionKind::new(ActionKind::DISABLE_PYTHON_SDK);
+        off.idempotency_key = "p3".into();
+        handle(&off, &h, &mut l).expect("handle");
+        assert!(!dropin.exists(), "disable removes the drop-in");
+
+        let mut host_target = a.clone();
+        host_target.target = "host:/usr/bin/python3".into();
+        host_target.idempotency_key = "p4".into();
+        let r = handle(&host_target, &h, &mut l).expect("handle");
+        assert_eq!(r[1].status, Some(ResultStatus::Refused));
     }
 }

@@ -10,19 +10,29 @@
 //!   redelivery harmless; their results are spooled before the next poll sends them.
 //! - A response that is not a valid v1 answer is an error to back off from, never
 //!   a panic; a revoked or unknown credential stops the agent with that reason.
+//! - `seq` is persisted before the request leaves, so it never repeats across
+//!   restarts; telemetry window numbers never repeat either (on open they start
+//!   above the highest one still in the spool).
+//! - The loop ([`run_loop`]) sleeps only through the injected [`Clock`]: the
+//!   server's interval with jitter after a success, capped exponential backoff
+//!   with jitter after a failure, never less than a `Retry-After`.
 
-use crate::actions::{self, now_ms, Ledger};
+use crate::actions::{self, now_ms, Host, Ledger};
+use crate::backoff;
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::discovery::{self, Endpoint};
+use crate::discovery::{self, Resolver, ScanOptions};
 use crate::spool::{Record, RecordKey, Spool};
 use crate::state::{self, Credential, PollState, Status};
 use crate::telemetry::Sampler;
 use crate::transport::{Transport, TransportError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tether_proto::{
-    services_hash, EnrollRequest, EnrollResponse, ErrorBody, Heartbeat, PollRequest, PollResponse,
-    TelemetryWindow, MAX_RESULTS_PER_POLL, MAX_TELEMETRY_PER_POLL, PROTOCOL_VERSION,
+    services_hash, EnrollRequest, EnrollResponse, ErrorBody, Heartbeat, Inventory, PollRequest,
+    PollResponse, TelemetryWindow, MAX_RESULTS_PER_POLL, MAX_SERVICES_PER_POLL,
+    MAX_TELEMETRY_PER_POLL, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +91,43 @@ fn error_of(status: u16, body: &[u8]) -> (String, String) {
     }
 }
 
+/// The host facts sent as `inventory` (only when they change).
+pub fn inventory(cfg: &Config, gpus: Vec<String>) -> Inventory {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| std::env::consts::OS.to_owned());
+    let memory_bytes = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024);
+    Inventory {
+        hostname: hostname(),
+        os,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        memory_bytes,
+        gpus,
+        labels: cfg.labels.clone(),
+    }
+}
+
+/// FNV-1a 64 over the inventory's JSON (field order is fixed, maps are sorted).
+pub fn inventory_hash(inv: &Inventory) -> String {
+    let bytes = serde_json::to_vec(inv).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -101,10 +148,16 @@ pub fn enroll(cfg: &Config, t: &dyn Transport) -> Result<Credential, AgentError>
         hostname: hostname(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-        labels: Default::default(),
+        labels: cfg.labels.clone(),
     })
     .map_err(local)?;
     let reply = t.post("/v1/enroll", None, &body)?;
+    if reply.status == 429 || reply.status == 503 {
+        return Err(AgentError::Busy {
+            status: reply.status,
+            retry_after: reply.retry_after,
+        });
+    }
     if reply.status != 201 && reply.status != 200 {
         let (code, message) = error_of(reply.status, &reply.body);
         return Err(AgentError::Refused {
@@ -134,42 +187,101 @@ pub struct Agent<T: Transport> {
     spool: Spool,
     ledger: Ledger,
     sampler: Sampler,
-    endpoints: Vec<Endpoint>,
-    endpoints_at: Instant,
+    resolver: Resolver,
+    scan_opts: ScanOptions,
+    host: Host,
+    proc_root: PathBuf,
+    inventory: Inventory,
     window_start_ms: u64,
     started: Instant,
+    dropped_before: u64,
     pub status: Status,
 }
 
-const RESOLVE_EVERY: Duration = Duration::from_secs(300);
+/// What a successful cycle asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The server's interval (jitter is the loop's business).
+    Interval(u64),
+    /// Results are waiting: poll again shortly rather than a full interval later.
+    Soon,
+}
+
+/// How long [`Next::Soon`] waits.
+pub const SOON: Duration = Duration::from_millis(500);
+
+impl<T: Transport> std::fmt::Debug for Agent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("agent_id", &self.cred.agent_id)
+            .field("seq", &self.state.seq)
+            .finish_non_exhaustive()
+    }
+}
 
 impl<T: Transport> Agent<T> {
     pub fn new(cfg: Config, transport: T, cred: Credential) -> Result<Self, AgentError> {
+        Self::with_proc(cfg, transport, cred, Path::new("/proc"), Resolver::start)
+    }
+
+    /// As [`Agent::new`], reading processes and kernel counters under `proc_root`
+    /// and building the LLM matchers with `resolver` (tests pass offline ones).
+    pub fn with_proc(
+        cfg: Config,
+        transport: T,
+        cred: Credential,
+        proc_root: &Path,
+        resolver: fn(&[String], &[String]) -> Resolver,
+    ) -> Result<Self, AgentError> {
         let dir = cfg.data_dir.clone();
-        let state: PollState = state::read(&dir.join("state.json"))
+        std::fs::create_dir_all(&dir).map_err(local)?;
+        let mut state: PollState = state::read(&dir.join("state.json"))
             .map_err(local)?
             .unwrap_or_default();
         let spool = Spool::open(&dir.join("spool"), cfg.spool_max_bytes).map_err(local)?;
+        // A crash between spooling a window and saving the state must not reuse
+        // its number: the control plane drops repeats of (agent, seq).
+        if let Some(top) = spool.max_telemetry_seq() {
+            state.next_window_seq = state.next_window_seq.max(top + 1);
+        }
         let ledger = Ledger::open(&dir.join("ledger.log")).map_err(local)?;
         let status: Status = state::read(&status_path(&dir))
-            .map_err(local)?
+            .ok()
+            .flatten()
             .unwrap_or_default();
-        let mut sampler = Sampler::new(Path::new("/proc"));
-        let (_, _, collectors) = sampler.sample(); // baseline for rates
+        let mut sampler = Sampler::new(proc_root);
+        let sample = sampler.sample(); // baseline for rates
         let window_start_ms = if state.window_start_ms > 0 {
             state.window_start_ms
         } else {
             now_ms()
         };
+        let resolver = resolver(&cfg.llm_hosts, &cfg.bedrock_regions);
+        for bad in &resolver.invalid {
+            eprintln!("tether-agent: llm_hosts: ignoring {bad:?}: not a host name, address, ip:port or CIDR");
+        }
+        let systemd_dir = PathBuf::from("/etc/systemd/system");
         Ok(Self {
-            endpoints: discovery::endpoints(&cfg.llm_hosts),
-            endpoints_at: Instant::now(),
+            inventory: inventory(&cfg, sample.gpus.clone()),
+            resolver,
+            scan_opts: ScanOptions {
+                all_python: cfg.report_all_python,
+                systemd_dir: systemd_dir.clone(),
+            },
+            host: Host {
+                allowed: cfg.allowed_actions.clone(),
+                systemd_dir,
+                python_sdk_path: cfg.python_sdk_path.clone(),
+                otlp_endpoint: cfg.otlp_endpoint.clone(),
+            },
+            proc_root: proc_root.to_path_buf(),
             window_start_ms,
             started: Instant::now(),
+            dropped_before: status.spool_dropped,
             status: Status {
                 agent_id: cred.agent_id.clone(),
                 server_url: cfg.server_url.clone(),
-                collectors,
+                collectors: sample.collectors,
                 ..status
             },
             cfg,
@@ -182,47 +294,49 @@ impl<T: Transport> Agent<T> {
         })
     }
 
+    fn save_state(&mut self) -> Result<(), AgentError> {
+        self.state.window_start_ms = self.window_start_ms;
+        state::write(&self.cfg.data_dir.join("state.json"), &self.state, 0o600).map_err(local)
+    }
+
     fn spool_window_if_due(&mut self) -> Result<(), AgentError> {
         let now = now_ms();
         if now.saturating_sub(self.window_start_ms) < self.cfg.telemetry_window_s * 1000 {
             return Ok(());
         }
-        let (metrics, events, collectors) = self.sampler.sample();
-        self.status.collectors = collectors;
+        let sample = self.sampler.sample();
+        self.status.collectors = sample.collectors;
         let w = TelemetryWindow {
             seq: self.state.next_window_seq,
             start_ms: self.window_start_ms,
             end_ms: now,
-            metrics,
-            events,
+            metrics: sample.metrics,
+            events: sample.events,
         };
         self.spool.append(&Record::Telemetry(w)).map_err(local)?;
         self.state.next_window_seq += 1;
         self.window_start_ms = now;
-        self.state.window_start_ms = now;
-        Ok(())
+        self.save_state()
     }
 
-    /// One cycle; returns how long to wait before the next.
-    pub fn cycle(&mut self) -> Result<Duration, AgentError> {
+    /// Records lost to the spool cap or found torn, over this data dir's life.
+    fn dropped(&self) -> u64 {
+        self.dropped_before + self.spool.dropped
+    }
+
+    /// One cycle; says when to poll next.
+    pub fn cycle(&mut self) -> Result<Next, AgentError> {
         self.spool_window_if_due()?;
-        if self.endpoints_at.elapsed() >= RESOLVE_EVERY {
-            self.endpoints = discovery::endpoints(&self.cfg.llm_hosts);
-            self.endpoints_at = Instant::now();
-        }
-        let scan = discovery::scan(
-            Path::new("/proc"),
-            &self.endpoints,
-            self.cfg.report_all_python,
-        );
-        let hash = services_hash(&scan.services);
+        let scan = discovery::scan(&self.proc_root, &self.resolver.endpoints(), &self.scan_opts);
+        let mut services = scan.services;
+        services.truncate(MAX_SERVICES_PER_POLL);
+        let hash = services_hash(&services);
         let send_services = hash != self.state.sent_services_hash;
-        let pending = self
-            .spool
-            .pending(MAX_RESULTS_PER_POLL + MAX_TELEMETRY_PER_POLL);
+        let inv_hash = inventory_hash(&self.inventory);
+        let send_inventory = inv_hash != self.state.sent_inventory_hash;
         let mut results = Vec::new();
         let mut telemetry = Vec::new();
-        for r in pending {
+        for r in self.spool.pending(usize::MAX) {
             match r {
                 Record::Result(x) if results.len() < MAX_RESULTS_PER_POLL => results.push(x),
                 Record::Telemetry(w) if telemetry.len() < MAX_TELEMETRY_PER_POLL => {
@@ -230,31 +344,42 @@ impl<T: Transport> Agent<T> {
                 }
                 _ => {}
             }
+            if results.len() >= MAX_RESULTS_PER_POLL && telemetry.len() >= MAX_TELEMETRY_PER_POLL {
+                break;
+            }
         }
         self.state.seq += 1;
-        self.state.window_start_ms = self.window_start_ms;
-        state::write(&self.cfg.data_dir.join("state.json"), &self.state, 0o600).map_err(local)?;
+        self.save_state()?;
+        let last_error = self.status.last_error.clone().or_else(|| {
+            (self.dropped() > 0).then(|| {
+                format!(
+                    "spool: {} records dropped (spool_max_bytes reached or torn on disk)",
+                    self.dropped()
+                )
+            })
+        });
         let req = PollRequest {
             protocol: PROTOCOL_VERSION,
             agent_id: self.cred.agent_id.clone(),
             seq: self.state.seq,
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            inventory_hash: inv_hash.clone(),
+            inventory: send_inventory.then(|| self.inventory.clone()),
             services_hash: hash.clone(),
-            services: send_services.then(|| scan.services.clone()),
+            services: send_services.then(|| services.clone()),
             applied_revision: self.state.applied_revision,
             heartbeat: Heartbeat {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 uptime_s: self.started.elapsed().as_secs(),
                 spool_depth: self.spool.depth(),
-                last_error: self.status.last_error.clone(),
+                last_error,
             },
             results,
             telemetry,
-            ..PollRequest::default()
         };
         let body = serde_json::to_vec(&req).map_err(local)?;
         self.status.last_poll_ms = now_ms();
-        self.status.services = scan.services.len();
+        self.status.services = services.len();
         let reply = self
             .transport
             .post("/v1/poll", Some(&self.cred.credential), &body)?;
@@ -297,27 +422,40 @@ impl<T: Transport> Agent<T> {
                 .map(|r| RecordKey::Result(r.action_id.clone(), r.phase)),
         );
         self.spool.ack(&acked);
-        if send_services && !resp.send_full_services {
-            self.state.sent_services_hash = hash;
-        }
         if resp.send_full_services {
             self.state.sent_services_hash.clear();
+        } else if send_services {
+            self.state.sent_services_hash = hash;
+        }
+        if resp.send_full_inventory {
+            self.state.sent_inventory_hash.clear();
+        } else if send_inventory {
+            self.state.sent_inventory_hash = inv_hash;
         }
         if let Some(fresh) = resp.renewed_credential {
             self.cred.credential = fresh;
             state::write(&credential_path(&self.cfg.data_dir), &self.cred, 0o600).map_err(local)?;
         }
-        let ran_any = !resp.actions.is_empty();
+        let now = now_ms();
+        let mut waiting = false;
+        let mut ran_any = false;
         for a in &resp.actions {
-            for r in
-                actions::handle(a, &self.cfg.allowed_actions, &mut self.ledger).map_err(local)?
-            {
+            if a.not_before_ms > now {
+                // Not yet: no phase is reported, so the server hands it out again.
+                waiting = true;
+                continue;
+            }
+            ran_any = true;
+            for r in actions::handle(a, &self.host, &mut self.ledger).map_err(local)? {
                 self.spool.append(&Record::Result(r)).map_err(local)?;
             }
         }
-        self.state.applied_revision = resp.desired_revision;
-        state::write(&self.cfg.data_dir.join("state.json"), &self.state, 0o600).map_err(local)?;
+        if !waiting {
+            self.state.applied_revision = resp.desired_revision;
+        }
+        self.save_state()?;
         self.status.last_success_ms = now_ms();
+        self.status.failing_since_ms = None;
         self.status.last_outcome = format!(
             "ok: {} actions, {} acknowledged",
             resp.actions.len(),
@@ -325,29 +463,335 @@ impl<T: Transport> Agent<T> {
         );
         self.status.last_error = None;
         self.status.health = "healthy".into();
-        // Report results promptly rather than a full interval later.
+        // New results go out promptly; only once per batch of actions, so a server
+        // that never acknowledges cannot turn this into a hot loop.
         Ok(if ran_any {
-            Duration::from_millis(500)
+            Next::Soon
         } else {
-            crate::backoff::steady(resp.next_poll_after_ms, rand::random::<f64>())
+            Next::Interval(resp.next_poll_after_ms)
         })
     }
 
     pub fn record_failure(&mut self, e: &AgentError) {
+        let now = now_ms();
         self.status.last_error = Some(e.to_string());
         self.status.last_outcome = "error".into();
-        let since = if self.status.last_success_ms > 0 {
-            self.status.last_success_ms
-        } else {
-            self.status.last_poll_ms
-        };
-        self.status.health =
-            format!("unhealthy: cannot reach the control plane since {since} (ms since epoch)");
+        let since = *self.status.failing_since_ms.get_or_insert(now);
+        self.status.health = format!(
+            "unhealthy: cannot reach the control plane since {}",
+            state::iso8601(since)
+        );
     }
 
     pub fn write_status(&mut self) {
         self.status.spool_depth = self.spool.depth();
-        self.status.spool_dropped = self.spool.dropped;
-        let _ = state::write(&status_path(&self.cfg.data_dir), &self.status, 0o644);
+        self.status.spool_dropped = self.dropped();
+        if let Err(e) = state::write(&status_path(&self.cfg.data_dir), &self.status, 0o644) {
+            eprintln!("tether-agent: cannot write status: {e}");
+        }
+    }
+}
+
+/// Polls until stopped (or once): the loop around [`Agent::cycle`]. Every wait
+/// goes through `clock`, so a test drives it without sleeping.
+pub fn run_loop<T: Transport>(
+    a: &mut Agent<T>,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    once: bool,
+) -> Result<(), AgentError> {
+    let cap = Duration::from_secs(a.cfg.max_backoff_s);
+    let mut failures = 0u32;
+    loop {
+        let wait = match a.cycle() {
+            Ok(next) => {
+                failures = 0;
+                a.write_status();
+                match next {
+                    Next::Soon => SOON,
+                    Next::Interval(ms) => backoff::steady(ms, clock.unit()),
+                }
+            }
+            Err(e @ AgentError::Fatal(_)) => {
+                a.record_failure(&e);
+                a.write_status();
+                return Err(e);
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                a.record_failure(&e);
+                a.write_status();
+                if once {
+                    return Err(e);
+                }
+                let wait = backoff::after_failure(failures, cap, e.retry_after(), clock.unit());
+                eprintln!(
+                    "tether-agent: poll failed ({e}); retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
+                wait
+            }
+        };
+        if once {
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) || clock.sleep(wait, stop) {
+            eprintln!("tether-agent: stopping (signal); spool and state are on disk");
+            a.write_status();
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Reply;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use tether_proto::{Ack, Action, ActionKind, ActionMode, ResultPhase, ResultStatus};
+
+    struct ScriptedTransport {
+        replies: RefCell<VecDeque<Result<Reply, TransportError>>>,
+        sent: RefCell<Vec<PollRequest>>,
+    }
+
+    impl Transport for &ScriptedTransport {
+        fn post(&self, path: &str, _: Option<&str>, body: &[u8]) -> Result<Reply, TransportError> {
+            assert_eq!(path, "/v1/poll");
+            self.sent
+                .borrow_mut()
+                .push(serde_json::from_slice(body).expect("a PollRequest"));
+            self.replies.borrow_mut().pop_front().unwrap_or(Ok(Reply {
+                status: 401,
+                retry_after: None,
+                body: br#"{"error":{"code":"agent_revoked","message":"revoked"}}"#.to_vec(),
+            }))
+        }
+    }
+
+    struct FakeClock {
+        slept: RefCell<Vec<Duration>>,
+    }
+
+    impl Clock for FakeClock {
+        fn sleep(&self, d: Duration, _: &AtomicBool) -> bool {
+            self.slept.borrow_mut().push(d);
+            false
+        }
+        fn unit(&self) -> f64 {
+            0.5
+        }
+    }
+
+    fn ok(resp: PollResponse) -> Result<Reply, TransportError> {
+        Ok(Reply {
+            status: 200,
+            retry_after: None,
+            body: serde_json::to_vec(&resp).expect("json"),
+        })
+    }
+
+    fn answer(interval_ms: u64) -> PollResponse {
+        PollResponse {
+            protocol: PROTOCOL_VERSION,
+            next_poll_after_ms: interval_ms,
+            desired_revision: 3,
+            ..PollResponse::default()
+        }
+    }
+
+    fn setup(name: &str) -> (Config, Credential) {
+        let dir = std::env::temp_dir().join(format!(
+            "agent-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let d = dir.display().to_string();
+        let cfg = Config::load(Path::new("/nonexistent"), &move |k| match k {
+            "TETHER_AGENT_SERVER_URL" => Some("http://127.0.0.1:9".into()),
+            "TETHER_AGENT_DATA_DIR" => Some(d.clone()),
+            "TETHER_AGENT_MAX_BACKOFF_S" => Some("60".into()),
+            _ => None,
+        })
+        .expect("config");
+        let cred = Credential {
+            agent_id: "agt_test".into(),
+            credential: "jwt".into(),
+            expires_at_ms: u64::MAX,
+            server_url: cfg.server_url.clone(),
+        };
+        (cfg, cred)
+    }
+
+    fn agent<'a>(
+        cfg: &Config,
+        cred: &Credential,
+        t: &'a ScriptedTransport,
+    ) -> Agent<&'a ScriptedTransport> {
+        Agent::with_proc(cfg.clone(), t, cred.clone(), Path::new("/proc"), |c, _| {
+            Resolver::fixed(c)
+        })
+        .expect("agent")
+    }
+
+    #[test]
+    fn the_loop_backs_off_honours_retry_after_and_stops_on_revocation() {
+        let (cfg, cred) = setup("loop");
+        let mut with_action = answer(10_000);
+        with_action.actions = vec![Action {
+            id: "act_1".into(),
+            kind: ActionKind::new("restart_service"),
+            target: "systemd:chat.service".into(),
+            payload: serde_json::json!({"unit": "chat.service"}),
+            idempotency_key: "idem_1".into(),
+            not_before_ms: 0,
+            expires_at_ms: u64::MAX,
+            mode: ActionMode::Execute,
+            requires_capability: String::new(),
+        }];
+        with_action.send_full_services = true;
+        let t = ScriptedTransport {
+            replies: RefCell::new(VecDeque::from([
+                Ok(Reply {
+                    status: 503,
+                    retry_after: Some(Duration::from_secs(7)),
+                    body: br#"{"error":{"code":"busy","message":"busy"}}"#.to_vec(),
+                }),
+                Err(TransportError::Unreachable {
+                    url: "http://127.0.0.1:9".into(),
+                    reason: "connection refused".into(),
+                }),
+                Ok(Reply {
+                    status: 200,
+                    retry_after: None,
+                    body: b"<html>not json</html>".to_vec(),
+                }),
+                ok(answer(10_000)),
+                ok(with_action),
+                ok(PollResponse {
+                    ack: Ack {
+                        seq: 6,
+                        results: vec![
+                            tether_proto::ResultAck {
+                                action_id: "act_1".into(),
+                                phase: ResultPhase::Received,
+                            },
+                            tether_proto::ResultAck {
+                                action_id: "act_1".into(),
+                                phase: ResultPhase::Final,
+                            },
+                        ],
+                        telemetry: vec![],
+                    },
+                    ..answer(20_000)
+                }),
+            ])),
+            sent: RefCell::new(Vec::new()),
+        };
+        let clock = FakeClock {
+            slept: RefCell::new(Vec::new()),
+        };
+        let mut a = agent(&cfg, &cred, &t);
+        let stop = AtomicBool::new(false);
+        let err = run_loop(&mut a, &clock, &stop, false).expect_err("revoked stops the loop");
+        assert!(
+            matches!(&err, AgentError::Fatal(code) if code == "agent_revoked"),
+            "{err}"
+        );
+        assert_eq!(
+            *clock.slept.borrow(),
+            vec![
+                Duration::from_secs(7),  // Retry-After wins over a 0.5 s backoff
+                Duration::from_secs(1),  // 2nd failure: uniform(0, 2 s) at 0.5
+                Duration::from_secs(2),  // malformed answer is a 3rd failure: uniform(0, 4 s)
+                Duration::from_secs(10), // steady: 10 s x (0.5 + 0.5)
+                SOON,                    // results waiting: poll again soon
+                Duration::from_secs(20), // results acknowledged: the server's interval
+            ],
+            "and no sleep after the 401: the agent stops"
+        );
+        let sent = t.sent.borrow();
+        let seqs: Vec<u64> = sent.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert!(sent[0].services.is_some() && sent[0].inventory.is_some());
+        assert!(sent[3].services.is_some(), "not stored until a 200 took it");
+        assert!(
+            sent[4].services.is_none() && sent[4].inventory.is_none(),
+            "unchanged"
+        );
+        assert!(
+            sent[5].services.is_some(),
+            "the server asked for a full resend"
+        );
+        assert_eq!(sent[4].applied_revision, 3);
+        let phases: Vec<(ResultPhase, Option<ResultStatus>)> = sent[5]
+            .results
+            .iter()
+            .map(|r| (r.phase, r.status))
+            .collect();
+        assert_eq!(
+            phases,
+            vec![
+                (ResultPhase::Received, None),
+                (ResultPhase::Final, Some(ResultStatus::Refused)),
+            ],
+            "not on the (empty) allow-list"
+        );
+        assert!(
+            sent[6].results.is_empty(),
+            "acknowledged results leave the spool"
+        );
+        assert!(sent[1]
+            .heartbeat
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("busy")));
+        let status: Status = state::read(&status_path(&cfg.data_dir))
+            .expect("read")
+            .expect("status");
+        assert_eq!(status.last_error.as_deref(), Some(err.to_string().as_str()));
+        assert!(
+            status
+                .health
+                .starts_with("unhealthy: cannot reach the control plane since 20"),
+            "{}",
+            status.health
+        );
+        drop(sent);
+
+        // seq survives a restart.
+        let t2 = ScriptedTransport {
+            replies: RefCell::new(VecDeque::from([ok(answer(1000))])),
+            sent: RefCell::new(Vec::new()),
+        };
+        let mut b = agent(&cfg, &cred, &t2);
+        run_loop(&mut b, &clock, &stop, true).expect("one cycle");
+        assert_eq!(t2.sent.borrow()[0].seq, 8);
+    }
+
+    #[test]
+    fn a_stop_signal_ends_the_loop_cleanly() {
+        let (cfg, cred) = setup("stop");
+        let t = ScriptedTransport {
+            replies: RefCell::new(VecDeque::from([ok(answer(30_000))])),
+            sent: RefCell::new(Vec::new()),
+        };
+        let clock = FakeClock {
+            slept: RefCell::new(Vec::new()),
+        };
+        let mut a = agent(&cfg, &cred, &t);
+        let stop = AtomicBool::new(true);
+        run_loop(&mut a, &clock, &stop, false).expect("clean exit");
+        assert_eq!(t.sent.borrow().len(), 1, "the cycle in hand finished");
+        let status: Status = state::read(&status_path(&cfg.data_dir))
+            .expect("read")
+            .expect("status");
+        assert_eq!(status.health, "healthy");
+        assert!(
+            status.last_outcome.starts_with("ok"),
+            "{}",
+            status.last_outcome
+        );
     }
 }

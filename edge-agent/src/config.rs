@@ -1,56 +1,47 @@
 //! Agent configuration: a JSON file (default `/etc/tether/agent.json`), every key
-//! overridable by `TETHER_AGENT_<KEY>` in the environment. Parsed once; errors name
-//! the key.
+//! overridable by `TETHER_AGENT_<KEY>` in the environment.
+//!
+//! JSON rather than TOML: `serde_json` is already linked for the wire contract, so
+//! the config costs no extra crate, and a JSON file drops straight into a
+//! Kubernetes ConfigMap or a `systemd-creds` blob.
+//!
+//! Invariants: parsed once, at start, from an injectable environment (tests pass a
+//! map, never `set_var`); every error names the key it is about; an unknown key is
+//! an error (a typo must not silently fall back to a default).
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The control plane's URL (the api function's Function URL).
     pub server_url: String,
     /// Used once, to enroll; ignored when a credential exists.
-    #[serde(default)]
     pub enrollment_token: Option<String>,
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// A poll never blocks longer than this.
-    #[serde(default = "default_timeout")]
     pub poll_timeout_s: u64,
     /// Cap of the failure backoff.
-    #[serde(default = "default_max_backoff")]
     pub max_backoff_s: u64,
     /// Action kinds this host runs. Nothing from the server widens it; empty runs
     /// nothing.
-    #[serde(default)]
     pub allowed_actions: Vec<String>,
-    /// Extra LLM endpoints: host names, IPs, `ip:port` or CIDRs.
-    #[serde(default)]
+    /// Extra LLM endpoints: `[provider=]host|ip|ip:port|cidr`.
     pub llm_hosts: Vec<String>,
+    /// AWS regions whose `bedrock-runtime.<region>.amazonaws.com` count as LLM hosts.
+    pub bedrock_regions: Vec<String>,
     /// Also report python processes that hold no LLM connection.
-    #[serde(default)]
     pub report_all_python: bool,
-    #[serde(default = "default_spool_max")]
     pub spool_max_bytes: u64,
-    #[serde(default = "default_window")]
     pub telemetry_window_s: u64,
-}
-
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("/var/lib/tether-agent")
-}
-fn default_timeout() -> u64 {
-    10
-}
-fn default_max_backoff() -> u64 {
-    300
-}
-fn default_spool_max() -> u64 {
-    64 * 1024 * 1024
-}
-fn default_window() -> u64 {
-    30
+    /// Free-form labels sent at enrollment and in the inventory.
+    pub labels: BTreeMap<String, String>,
+    /// Directory holding the Python SDK (`sitecustomize.py`), put on `PYTHONPATH`
+    /// by `enable_python_sdk`.
+    pub python_sdk_path: String,
+    /// OTLP endpoint the Python SDK exports to.
+    pub otlp_endpoint: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,24 +51,86 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{path}: not a JSON object: {message}")]
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
 
-const KEYS: &[&str] = &[
-    "server_url",
-    "enrollment_token",
-    "data_dir",
-    "poll_timeout_s",
-    "max_backoff_s",
-    "allowed_actions",
-    "llm_hosts",
-    "report_all_python",
-    "spool_max_bytes",
-    "telemetry_window_s",
+/// Every key, and how its environment override is read.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+    Number,
+    List,
+    Bool,
+    Map,
+}
+
+const KEYS: &[(&str, Kind)] = &[
+    ("server_url", Kind::Text),
+    ("enrollment_token", Kind::Text),
+    ("data_dir", Kind::Text),
+    ("poll_timeout_s", Kind::Number),
+    ("max_backoff_s", Kind::Number),
+    ("allowed_actions", Kind::List),
+    ("llm_hosts", Kind::List),
+    ("bedrock_regions", Kind::List),
+    ("report_all_python", Kind::Bool),
+    ("spool_max_bytes", Kind::Number),
+    ("telemetry_window_s", Kind::Number),
+    ("labels", Kind::Map),
+    ("python_sdk_path", Kind::Text),
+    ("otlp_endpoint", Kind::Text),
 ];
+
+fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// An environment value in the shape of its key: lists are comma-separated, maps
+/// are `k=v,k=v`, numbers must parse.
+fn from_env(key: &str, kind: Kind, raw: &str) -> Result<serde_json::Value, ConfigError> {
+    let items = || raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+    Ok(match kind {
+        Kind::Text => serde_json::Value::from(raw),
+        Kind::Number => serde_json::Value::from(
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|e| invalid(key, format!("{raw:?}: {e}")))?,
+        ),
+        Kind::List => serde_json::Value::from(items().map(String::from).collect::<Vec<_>>()),
+        Kind::Bool => match raw.trim() {
+            "1" | "true" | "yes" => serde_json::Value::Bool(true),
+            "0" | "false" | "no" | "" => serde_json::Value::Bool(false),
+            other => return Err(invalid(key, format!("{other:?} is not a boolean"))),
+        },
+        Kind::Map => {
+            let mut m = serde_json::Map::new();
+            for kv in items() {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| invalid(key, format!("{kv:?} is not key=value")))?;
+                m.insert(k.trim().into(), serde_json::Value::from(v.trim()));
+            }
+            serde_json::Value::Object(m)
+        }
+    })
+}
+
+fn take<T: DeserializeOwned>(
+    doc: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    default: impl FnOnce() -> T,
+) -> Result<T, ConfigError> {
+    match doc.remove(key) {
+        None | Some(serde_json::Value::Null) => Ok(default()),
+        Some(v) => serde_json::from_value(v).map_err(|e| invalid(key, e)),
+    }
+}
 
 impl Config {
     /// Loads `path` (absent is fine when the environment gives `server_url`), then
@@ -96,48 +149,56 @@ impl Config {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
                 Err(source) => return Err(ConfigError::Read { path: p, source }),
             };
-        for key in KEYS {
-            let Some(raw) = env(&format!("TETHER_AGENT_{}", key.to_uppercase())) else {
-                continue;
-            };
-            let value = match *key {
-                "allowed_actions" | "llm_hosts" => serde_json::Value::from(
-                    raw.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect::<Vec<_>>(),
-                ),
-                "poll_timeout_s" | "max_backoff_s" | "spool_max_bytes" | "telemetry_window_s" => {
-                    serde_json::Value::from(raw.parse::<u64>().map_err(|e| {
-                        ConfigError::Invalid {
-                            key: (*key).into(),
-                            message: e.to_string(),
-                        }
-                    })?)
-                }
-                "report_all_python" => serde_json::Value::from(raw == "true" || raw == "1"),
-                _ => serde_json::Value::from(raw),
-            };
-            doc.insert((*key).into(), value);
-        }
-        let cfg: Config = serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
-            ConfigError::Parse {
-                path: p,
-                message: e.to_string(),
+        for (key, kind) in KEYS {
+            if let Some(raw) = env(&format!("TETHER_AGENT_{}", key.to_uppercase())) {
+                doc.insert((*key).into(), from_env(key, *kind, &raw)?);
             }
-        })?;
-        if !(cfg.server_url.starts_with("https://") || cfg.server_url.starts_with("http://")) {
-            return Err(ConfigError::Invalid {
-                key: "server_url".into(),
-                message: "must be an http(s) URL".into(),
-            });
         }
-        if cfg.poll_timeout_s == 0 || cfg.max_backoff_s == 0 {
-            return Err(ConfigError::Invalid {
-                key: "poll_timeout_s / max_backoff_s".into(),
-                message: "must be positive".into(),
-            });
+        let cfg = Config {
+            server_url: take(&mut doc, "server_url", String::new)?,
+            enrollment_token: take(&mut doc, "enrollment_token", || None)?,
+            data_dir: take(&mut doc, "data_dir", || {
+                PathBuf::from("/var/lib/tether-agent")
+            })?,
+            poll_timeout_s: take(&mut doc, "poll_timeout_s", || 10)?,
+            max_backoff_s: take(&mut doc, "max_backoff_s", || 300)?,
+            allowed_actions: take(&mut doc, "allowed_actions", Vec::new)?,
+            llm_hosts: take(&mut doc, "llm_hosts", Vec::new)?,
+            bedrock_regions: take(&mut doc, "bedrock_regions", || {
+                vec!["us-east-1".into(), "us-west-2".into()]
+            })?,
+            report_all_python: take(&mut doc, "report_all_python", || false)?,
+            spool_max_bytes: take(&mut doc, "spool_max_bytes", || 64 * 1024 * 1024)?,
+            telemetry_window_s: take(&mut doc, "telemetry_window_s", || 30)?,
+            labels: take(&mut doc, "labels", BTreeMap::new)?,
+            python_sdk_path: take(&mut doc, "python_sdk_path", || {
+                "/opt/tether/python-sdk".into()
+            })?,
+            otlp_endpoint: take(&mut doc, "otlp_endpoint", || "http://127.0.0.1:4318".into())?,
+        };
+        if let Some(unknown) = doc.keys().next() {
+            return Err(invalid(unknown, "unknown key"));
+        }
+        if cfg.server_url.is_empty() {
+            return Err(invalid(
+                "server_url",
+                "missing (set it in the file or TETHER_AGENT_SERVER_URL)",
+            ));
+        }
+        if !(cfg.server_url.starts_with("https://") || cfg.server_url.starts_with("http://")) {
+            return Err(invalid("server_url", "must be an http(s) URL"));
+        }
+        for (key, v) in [
+            ("poll_timeout_s", cfg.poll_timeout_s),
+            ("max_backoff_s", cfg.max_backoff_s),
+            ("telemetry_window_s", cfg.telemetry_window_s),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if cfg.spool_max_bytes < 64 * 1024 {
+            return Err(invalid("spool_max_bytes", "must be at least 65536"));
         }
         Ok(cfg)
     }
@@ -148,6 +209,11 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    fn env_of(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<&str, &str> = pairs.iter().copied().collect();
+        move |k| m.get(k).map(|v| v.to_string())
+    }
+
     #[test]
     fn file_then_environment() {
         let dir = std::env::temp_dir().join(format!("agent-cfg-{}", std::process::id()));
@@ -155,34 +221,58 @@ mod tests {
         let path = dir.join("agent.json");
         std::fs::write(
             &path,
-            r#"{"server_url": "https://cp.example", "allowed_actions": ["signal_process"]}"#,
+            r#"{"server_url": "https://cp.example", "allowed_actions": ["signal_process"],
+                "labels": {"zone": "eu-1"}}"#,
         )
         .expect("write");
-        let env: HashMap<&str, &str> = [
+        let env = env_of(&[
             ("TETHER_AGENT_LLM_HOSTS", "10.0.0.0/8, 127.0.0.1:9443"),
             ("TETHER_AGENT_MAX_BACKOFF_S", "60"),
-        ]
-        .into_iter()
-        .collect();
-        let cfg = Config::load(&path, &|k| env.get(k).map(|v| v.to_string())).expect("config");
+            ("TETHER_AGENT_LABELS", "rack=4, zone=eu-2"),
+        ]);
+        let cfg = Config::load(&path, &env).expect("config");
         assert_eq!(cfg.server_url, "https://cp.example");
         assert_eq!(cfg.allowed_actions, vec!["signal_process"]);
         assert_eq!(cfg.llm_hosts, vec!["10.0.0.0/8", "127.0.0.1:9443"]);
         assert_eq!(cfg.max_backoff_s, 60);
         assert_eq!(cfg.poll_timeout_s, 10);
+        assert_eq!(cfg.spool_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(cfg.telemetry_window_s, 30);
+        assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/tether-agent"));
+        assert_eq!(
+            cfg.labels.into_iter().collect::<Vec<_>>(),
+            vec![("rack".into(), "4".into()), ("zone".into(), "eu-2".into())],
+            "the environment replaces the file's map"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let missing = std::path::Path::new("/nonexistent/agent.json");
         let err = Config::load(missing, &|_| None).expect_err("no server_url");
-        assert!(err.to_string().contains("server_url"), "{err}");
-        let err = Config::load(missing, &|k| {
-            (k == "TETHER_AGENT_SERVER_URL")
-                .then(|| "https://x".into())
-                .or_else(|| (k == "TETHER_AGENT_POLL_TIMEOUT_S").then(|| "soon".into()))
-        })
+        assert!(err.to_string().starts_with("server_url: missing"), "{err}");
+        let err = Config::load(
+            missing,
+            &env_of(&[
+                ("TETHER_AGENT_SERVER_URL", "https://x"),
+                ("TETHER_AGENT_POLL_TIMEOUT_S", "soon"),
+            ]),
+        )
         .expect_err("bad number");
-        assert!(err.to_string().contains("poll_timeout_s"), "{err}");
+        assert!(err.to_string().starts_with("poll_timeout_s: "), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("agent-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("agent.json");
+        std::fs::write(
+            &path,
+            r#"{"server_url": "https://x", "spool_max_bytes": "big"}"#,
+        )
+        .expect("write");
+        let err = Config::load(&path, &|_| None).expect_err("wrong type in file");
+        assert!(err.to_string().starts_with("spool_max_bytes: "), "{err}");
+        std::fs::write(&path, r#"{"server_url": "https://x", "poll_timeout": 3}"#).expect("write");
+        let err = Config::load(&path, &|_| None).expect_err("typo");
+        assert_eq!(err.to_string(), "poll_timeout: unknown key");
     }
 }

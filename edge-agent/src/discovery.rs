@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tether_proto::Service;
 
 /// Well-known provider endpoints, resolved periodically.
@@ -22,10 +23,9 @@ pub const PROVIDERS: &[(&str, &str)] = &[
     ("openai", "api.openai.com"),
     ("anthropic", "api.anthropic.com"),
     ("google", "generativelanguage.googleapis.com"),
-    ("bedrock", "bedrock-runtime.us-east-1.amazonaws.com"),
-    ("bedrock", "bedrock-runtime.us-west-2.amazonaws.com"),
     ("mistral", "api.mistral.ai"),
     ("cohere", "api.cohere.com"),
+    ("cohere", "api.cohere.ai"),
     ("groq", "api.groq.com"),
 ];
 
@@ -83,38 +83,62 @@ fn in_cidr(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// Parses a configured entry: `[provider=]host|ip|ip:port|cidr`. Host names are
-/// resolved now (offline they resolve to nothing, which is not an error).
-pub fn parse_endpoint(entry: &str) -> Vec<Endpoint> {
+/// A configured entry, parsed: matchers usable offline, or a host name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Fixed(Endpoint),
+    Host { provider: String, host: String },
+    Invalid(String),
+}
+
+/// Parses a configured entry: `[provider=]host|ip|ip:port|cidr`.
+pub fn parse_entry(entry: &str) -> Entry {
     let (provider, target) = match entry.split_once('=') {
         Some((p, t)) => (p.trim().to_owned(), t.trim()),
         None => ("custom".to_owned(), entry.trim()),
     };
     if let Some((net, prefix)) = target.split_once('/') {
         return match (net.parse::<IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(net), Ok(prefix)) => vec![Endpoint::Cidr {
-                provider,
-                net,
-                prefix,
-            }],
-            _ => vec![],
+            (Ok(net), Ok(prefix)) if prefix <= if net.is_ipv4() { 32 } else { 128 } => {
+                Entry::Fixed(Endpoint::Cidr {
+                    provider,
+                    net,
+                    prefix,
+                })
+            }
+            _ => Entry::Invalid(entry.to_owned()),
         };
     }
     if let Ok(ip) = target.parse::<IpAddr>() {
-        return vec![Endpoint::Ip {
+        return Entry::Fixed(Endpoint::Ip {
             provider,
             ip,
             port: None,
-        }];
+        });
     }
     if let Ok(sa) = target.parse::<std::net::SocketAddr>() {
-        return vec![Endpoint::Ip {
+        return Entry::Fixed(Endpoint::Ip {
             provider,
             ip: sa.ip(),
             port: Some(sa.port()),
-        }];
+        });
     }
-    resolve(&provider, target)
+    if target.is_empty() || target.contains(char::is_whitespace) {
+        return Entry::Invalid(entry.to_owned());
+    }
+    Entry::Host {
+        provider,
+        host: target.to_owned(),
+    }
+}
+
+/// Test helper and `scan` subcommand: the offline matchers of one entry.
+#[cfg(test)]
+fn parse_endpoint(entry: &str) -> Vec<Endpoint> {
+    match parse_entry(entry) {
+        Entry::Fixed(e) => vec![e],
+        _ => vec![],
+    }
 }
 
 fn resolve(provider: &str, host: &str) -> Vec<Endpoint> {
@@ -132,13 +156,95 @@ fn resolve(provider: &str, host: &str) -> Vec<Endpoint> {
         .unwrap_or_default()
 }
 
-/// The matchers: configured entries plus the well-known providers.
-pub fn endpoints(configured: &[String]) -> Vec<Endpoint> {
-    let mut all: Vec<Endpoint> = configured.iter().flat_map(|e| parse_endpoint(e)).collect();
-    for (provider, host) in PROVIDERS {
-        all.extend(resolve(provider, host));
+/// The host names to resolve: the well-known providers, Bedrock in each
+/// configured region, and configured host names (Azure OpenAI resources, say).
+pub fn host_names(configured: &[String], bedrock_regions: &[String]) -> Vec<(String, String)> {
+    let mut hosts: Vec<(String, String)> = PROVIDERS
+        .iter()
+        .map(|(p, h)| ((*p).to_owned(), (*h).to_owned()))
+        .collect();
+    hosts.extend(bedrock_regions.iter().map(|r| {
+        (
+            "bedrock".to_owned(),
+            format!("bedrock-runtime.{r}.amazonaws.com"),
+        )
+    }));
+    for e in configured {
+        if let Entry::Host { provider, host } = parse_entry(e) {
+            let provider = if provider == "custom" && host.ends_with(".openai.azure.com") {
+                "azure_openai".to_owned()
+            } else {
+                provider
+            };
+            hosts.push((provider, host));
+        }
     }
-    all
+    hosts
+}
+
+/// The LLM endpoint matchers. Configured IPs, `ip:port` and CIDRs work at once
+/// and offline; host names are resolved on a background thread every
+/// [`RESOLVE_EVERY`], so a slow or absent DNS never delays a poll (a name that
+/// does not resolve simply matches nothing).
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    fixed: Vec<Endpoint>,
+    resolved: Arc<Mutex<Vec<Endpoint>>>,
+    /// Entries that are neither an address, a CIDR nor a host name.
+    pub invalid: Vec<String>,
+}
+
+pub const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Resolver {
+    /// Offline matchers only; nothing is resolved.
+    pub fn fixed(configured: &[String]) -> Self {
+        let mut fixed = Vec::new();
+        let mut invalid = Vec::new();
+        for e in configured {
+            match parse_entry(e) {
+                Entry::Fixed(ep) => fixed.push(ep),
+                Entry::Invalid(x) => invalid.push(x),
+                Entry::Host { .. } => {}
+            }
+        }
+        Self {
+            fixed,
+            resolved: Arc::new(Mutex::new(Vec::new())),
+            invalid,
+        }
+    }
+
+    /// Offline matchers now, plus a thread that resolves the host names now and
+    /// every [`RESOLVE_EVERY`] for the life of the process.
+    pub fn start(configured: &[String], bedrock_regions: &[String]) -> Self {
+        let r = Self::fixed(configured);
+        let hosts = host_names(configured, bedrock_regions);
+        let shared = r.resolved.clone();
+        let spawned = std::thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || loop {
+                let found: Vec<Endpoint> = hosts.iter().flat_map(|(p, h)| resolve(p, h)).collect();
+                match shared.lock() {
+                    Ok(mut g) => *g = found,
+                    Err(poisoned) => *poisoned.into_inner() = found,
+                }
+                std::thread::sleep(RESOLVE_EVERY);
+            });
+        if let Err(e) = spawned {
+            eprintln!("tether-agent: cannot start the resolver thread ({e}); host names in llm_hosts will not match");
+        }
+        r
+    }
+
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut all = self.fixed.clone();
+        match self.resolved.lock() {
+            Ok(g) => all.extend(g.iter().cloned()),
+            Err(poisoned) => all.extend(poisoned.into_inner().iter().cloned()),
+        }
+        all
+    }
 }
 
 /// An established TCP connection: (socket inode, remote ip, remote port).
@@ -206,6 +312,7 @@ pub struct Process {
     pub start_ticks: u64,
     pub runtime: String,
     pub workload_key: String,
+    pub place: Placement,
     pub socket_inodes: Vec<u64>,
 }
 
@@ -266,52 +373,147 @@ pub fn redact(args: &[String]) -> Vec<String> {
     out
 }
 
-/// The workload key from cgroup membership and the process environment.
-pub fn workload_key(cgroup: &str, environ: &HashMap<String, String>, exe: &str) -> String {
-    if cgroup.contains("kubepods") {
-        if let (Some(ns), Some(pod)) = (environ.get("POD_NAMESPACE"), environ.get("POD_NAME")) {
+/// What a process's `/proc/<pid>/cgroup` says about where it runs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Container runtime id (docker, containerd, CRI-O, podman), full length.
+    pub container_id: Option<String>,
+    /// Kubernetes pod UID, dashed.
+    pub pod_uid: Option<String>,
+    /// The systemd service the process belongs to (system services only).
+    pub systemd_unit: Option<String>,
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads cgroup v1 or v2 membership lines (`hierarchy:controllers:path`).
+pub fn placement(cgroup: &str) -> Placement {
+    let mut out = Placement::default();
+    for line in cgroup.lines() {
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        for seg in path.split('/') {
+            if let Some(i) = seg.rfind("pod").filter(|_| path.contains("kubepods")) {
+                let uid = seg[i + 3..].trim_end_matches(".slice").replace('_', "-");
+                if uid.len() == 36 && out.pod_uid.is_none() {
+                    out.pod_uid = Some(uid);
+                }
+            }
+            let scoped = [
+                "docker-",
+                "cri-containerd-",
+                "crio-",
+                "containerd-",
+                "libpod-",
+            ]
+            .iter()
+            .find_map(|p| seg.strip_prefix(p)?.strip_suffix(".scope"));
+            if let Some(id) = scoped
+                .filter(|id| is_hex_id(id))
+                .or(Some(seg).filter(|s| is_hex_id(s)))
+            {
+                out.container_id.get_or_insert_with(|| id.to_owned());
+            }
+        }
+        if let Some(unit) = path.rsplit('/').next().filter(|u| u.ends_with(".service")) {
+            if path.starts_with("/system.slice/") && !unit.starts_with("user@") {
+                out.systemd_unit.get_or_insert_with(|| unit.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The owning workload of a pod, from its name: `chat-7d9f8b6c5-x2x9q` is
+/// deployment `chat`, `db-0` statefulset `db`, `node-agent-x2x9q` daemonset
+/// `node-agent`. A heuristic; `TETHER_WORKLOAD_KIND` / `TETHER_WORKLOAD_NAME` in
+/// the pod's environment (from the downward API) override it.
+pub fn pod_owner(pod: &str) -> (&'static str, String) {
+    let parts: Vec<&str> = pod.split('-').collect();
+    let alnum = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    let n = parts.len();
+    if n >= 3
+        && parts[n - 1].len() == 5
+        && alnum(parts[n - 1])
+        && (6..=10).contains(&parts[n - 2].len())
+        && alnum(parts[n - 2])
+    {
+        return ("deployment", parts[..n - 2].join("-"));
+    }
+    if n >= 2 && parts[n - 1].bytes().all(|b| b.is_ascii_digit()) && !parts[n - 1].is_empty() {
+        return ("statefulset", parts[..n - 1].join("-"));
+    }
+    if n >= 2 && parts[n - 1].len() == 5 && alnum(parts[n - 1]) {
+        return ("daemonset", parts[..n - 1].join("-"));
+    }
+    ("pod", pod.to_owned())
+}
+
+/// The workload key from cgroup membership and the process environment. No pid
+/// and nothing random goes in, so a restarted process keeps its key.
+pub fn workload_key(place: &Placement, environ: &HashMap<String, String>, exe: &str) -> String {
+    if place.pod_uid.is_some() {
+        let pod = environ.get("POD_NAME").or_else(|| environ.get("HOSTNAME"));
+        if let (Some(ns), Some(pod)) = (environ.get("POD_NAMESPACE"), pod) {
+            let (guess_kind, guess_name) = pod_owner(pod);
             let kind = environ
                 .get("TETHER_WORKLOAD_KIND")
-                .map_or("pod", String::as_str);
-            let name = environ.get("TETHER_WORKLOAD_NAME").unwrap_or(pod);
+                .map_or(guess_kind, String::as_str);
+            let name = environ.get("TETHER_WORKLOAD_NAME").unwrap_or(&guess_name);
             let container = environ.get("CONTAINER_NAME").map_or("main", String::as_str);
             return format!("k8s:{ns}:{kind}:{name}:{container}");
         }
     }
-    for line in cgroup.lines() {
-        let path = line.rsplit(':').next().unwrap_or("");
-        for part in path.split('/').rev() {
-            if let Some(id) = part
-                .strip_prefix("docker-")
-                .and_then(|p| p.strip_suffix(".scope"))
-            {
-                return format!("docker:{}", &id[..id.len().min(12)]);
-            }
-        }
-        if let Some(pos) = path.find("/docker/") {
-            let id = &path[pos + 8..];
-            return format!("docker:{}", &id[..id.len().min(12)]);
-        }
-        if let Some(unit) = path.rsplit('/').next().filter(|u| u.ends_with(".service")) {
-            if !unit.starts_with("user@") && path.starts_with("/system.slice/") {
-                return format!("systemd:{unit}");
-            }
-        }
+    if let Some(id) = &place.container_id {
+        return format!("docker:{}", &id[..id.len().min(12)]);
+    }
+    if let Some(unit) = &place.systemd_unit {
+        return format!("systemd:{unit}");
     }
     format!("host:{exe}")
 }
 
-fn read_processes(proc_root: &Path) -> (Vec<Process>, usize) {
+/// Reads the processes under `proc_root`. The cheap facts (socket fds, exe) come
+/// first; only processes `want` keeps are read further (cmdline, status, stat,
+/// environ, cgroup), which is what keeps a scan of a busy host fast. Returns the
+/// kept processes, how many pids there were, and how many could not be read.
+fn read_processes(
+    proc_root: &Path,
+    want: &dyn Fn(&[u64], &str) -> bool,
+) -> (Vec<Process>, usize, usize) {
     let mut procs = Vec::new();
     let mut skipped = 0;
+    let mut seen = 0;
     let Ok(dir) = std::fs::read_dir(proc_root) else {
-        return (procs, 0);
+        return (procs, 0, 0);
     };
     for entry in dir.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
+        seen += 1;
         let base = entry.path();
+        let socket_inodes: Vec<u64> = std::fs::read_dir(base.join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter_map(|l| {
+                        l.to_str()?
+                            .strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .parse()
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let exe = std::fs::read_link(base.join("exe"))
             .map(|p| {
                 p.display()
@@ -320,6 +522,9 @@ fn read_processes(proc_root: &Path) -> (Vec<Process>, usize) {
                     .to_owned()
             })
             .unwrap_or_default();
+        if !want(&socket_inodes, &exe) {
+            continue;
+        }
         let cmdline: Vec<String> = std::fs::read(base.join("cmdline"))
             .map(|b| {
                 b.split(|c| *c == 0)
@@ -348,20 +553,6 @@ fn read_processes(proc_root: &Path) -> (Vec<Process>, usize) {
             .and_then(|rest| rest.split_whitespace().nth(19))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let socket_inodes: Vec<u64> = std::fs::read_dir(base.join("fd"))
-            .map(|fds| {
-                fds.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter_map(|l| {
-                        l.to_str()?
-                            .strip_prefix("socket:[")?
-                            .strip_suffix(']')?
-                            .parse()
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let environ: HashMap<String, String> = std::fs::read(base.join("environ"))
             .map(|b| {
                 b.split(|c| *c == 0)
@@ -372,7 +563,7 @@ fn read_processes(proc_root: &Path) -> (Vec<Process>, usize) {
                     .collect()
             })
             .unwrap_or_default();
-        let cgroup = std::fs::read_to_string(base.join("cgroup")).unwrap_or_default();
+        let place = placement(&std::fs::read_to_string(base.join("cgroup")).unwrap_or_default());
         let argv0 = cmdline.first().cloned().unwrap_or_default();
         let key_exe = if exe.is_empty() {
             argv0.clone()
@@ -384,14 +575,15 @@ fn read_processes(proc_root: &Path) -> (Vec<Process>, usize) {
             ppid: field("PPid:"),
             uid: field("Uid:"),
             runtime: runtime_of(&exe, &argv0).to_owned(),
-            workload_key: workload_key(&cgroup, &environ, &key_exe),
+            workload_key: workload_key(&place, &environ, &key_exe),
+            place,
             exe,
             cmdline: redact(&cmdline),
             start_ticks,
             socket_inodes,
         });
     }
-    (procs, skipped)
+    (procs, seen, skipped)
 }
 
 /// One scan's outcome.
@@ -402,15 +594,38 @@ pub struct Scan {
     pub skipped: usize,
 }
 
+/// How a scan looks at the host.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Report python processes without an LLM connection too.
+    pub all_python: bool,
+    /// Where systemd drop-ins live (`/etc/systemd/system`): a service whose unit
+    /// has the Python SDK drop-in is reported with `python_sdk: true`.
+    pub systemd_dir: PathBuf,
+}
+
+/// The drop-in `enable_python_sdk` writes for `unit`.
+pub fn python_sdk_dropin(systemd_dir: &Path, unit: &str) -> PathBuf {
+    systemd_dir
+        .join(format!("{unit}.d"))
+        .join("50-tether-python-sdk.conf")
+}
+
 /// Scans `proc_root` (normally `/proc`) and returns one service per workload key
 /// among processes connected to an LLM endpoint (and, with `all_python`, every
 /// python process), the oldest process of each key standing for it.
-pub fn scan(proc_root: &Path, endpoints: &[Endpoint], all_python: bool) -> Scan {
-    let (procs, skipped) = read_processes(proc_root);
+pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Scan {
+    let all_python = opts.all_python;
     let conns: HashMap<u64, (IpAddr, u16)> = established(proc_root)
         .into_iter()
         .map(|(inode, ip, port)| (inode, (ip, port)))
+        .filter(|(_, (ip, port))| endpoints.iter().any(|e| e.matches(*ip, *port).is_some()))
         .collect();
+    let want = |inodes: &[u64], exe: &str| {
+        inodes.iter().any(|i| conns.contains_key(i))
+            || (all_python && (exe.is_empty() || runtime_of(exe, "") == "python"))
+    };
+    let (procs, seen, skipped) = read_processes(proc_root, &want);
     let mut by_key: BTreeMap<String, (u64, Service)> = BTreeMap::new();
     for p in &procs {
         let mut providers: Vec<String> = p
@@ -432,7 +647,11 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], all_python: bool) -> Scan 
             runtime: p.runtime.clone(),
             llm_providers: providers,
             instrumented: false,
-            python_sdk: false,
+            python_sdk: p
+                .place
+                .systemd_unit
+                .as_ref()
+                .is_some_and(|u| python_sdk_dropin(&opts.systemd_dir, u).exists()),
         };
         match by_key.get(&p.workload_key) {
             Some((start, _)) if *start <= p.start_ticks => {}
@@ -443,7 +662,7 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], all_python: bool) -> Scan 
     }
     Scan {
         services: by_key.into_values().map(|(_, s)| s).collect(),
-        processes: procs.len(),
+        processes: seen,
         skipped,
     }
 }
@@ -485,6 +704,26 @@ mod tests {
         );
         assert_eq!(c[0].matches("10.21.0.1".parse().expect("ip"), 1), None);
         assert!(parse_endpoint("bad/cidr").is_empty());
+        assert!(parse_endpoint("10.0.0.0/33").is_empty());
+        assert_eq!(
+            parse_entry("myaoai.openai.azure.com"),
+            Entry::Host {
+                provider: "custom".into(),
+                host: "myaoai.openai.azure.com".into()
+            }
+        );
+        let hosts = host_names(
+            &["myaoai.openai.azure.com".into()],
+            &["eu-central-1".into()],
+        );
+        assert!(hosts.contains(&(
+            "bedrock".into(),
+            "bedrock-runtime.eu-central-1.amazonaws.com".into()
+        )));
+        assert!(hosts.contains(&("azure_openai".into(), "myaoai.openai.azure.com".into())));
+        let r = Resolver::fixed(&["openai=127.0.0.1:9443".into(), "not a host".into()]);
+        assert_eq!(r.endpoints().len(), 1, "offline entries work without DNS");
+        assert_eq!(r.invalid, vec!["not a host".to_owned()]);
     }
 
     #[test]
@@ -520,21 +759,30 @@ mod tests {
     #[test]
     fn workload_keys_survive_restarts() {
         let none = HashMap::new();
+        let key = |cg: &str, env: &HashMap<String, String>, exe: &str| {
+            workload_key(&placement(cg), env, exe)
+        };
         assert_eq!(
-            workload_key(
+            key(
                 "0::/system.slice/chat-api.service\n",
                 &none,
                 "/usr/bin/python3"
             ),
             "systemd:chat-api.service"
         );
+        let id = "0123456789abcdef".repeat(4);
         assert_eq!(
-            workload_key(
-                "0::/system.slice/docker-0123456789abcdef0123.scope\n",
+            key(
+                &format!("0::/system.slice/docker-{id}.scope\n"),
                 &none,
                 "/x"
             ),
             "docker:0123456789ab"
+        );
+        assert_eq!(
+            key(&format!("12:memory:/docker/{id}\n"), &none, "/x"),
+            "docker:0123456789ab",
+            "cgroup v1, cgroupfs driver"
         );
         let env: HashMap<String, String> = [
             ("POD_NAMESPACE", "prod"),
@@ -546,16 +794,40 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        let pod_cg = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_0000_1111_2222_333344445555.slice/cri-containerd-{id}.scope\n"
+        );
+        let p = placement(&pod_cg);
         assert_eq!(
-            workload_key(
-                "0::/kubepods.slice/kubepods-pod1234.slice/cri-containerd-ab.scope\n",
-                &env,
-                "/x"
-            ),
-            "k8s:prod:deployment:chat:app"
+            p.pod_uid.as_deref(),
+            Some("1b2c3d4e-0000-1111-2222-333344445555")
+        );
+        assert_eq!(p.container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(key(&pod_cg, &env, "/x"), "k8s:prod:deployment:chat:app");
+        let guessed: HashMap<String, String> = [
+            ("POD_NAMESPACE", "prod"),
+            ("HOSTNAME", "chat-7d9f8b6c5-x2x9q"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(
+            key(&pod_cg, &guessed, "/x"),
+            "k8s:prod:deployment:chat:main"
+        );
+        assert_eq!(pod_owner("db-0"), ("statefulset", "db".to_owned()));
+        assert_eq!(
+            pod_owner("node-agent-x2x9q"),
+            ("daemonset", "node-agent".to_owned())
+        );
+        assert_eq!(pod_owner("standalone"), ("pod", "standalone".to_owned()));
+        assert_eq!(
+            key(&pod_cg, &none, "/x"),
+            "docker:0123456789ab",
+            "a pod without namespace env falls back to its container"
         );
         assert_eq!(
-            workload_key(
+            key(
                 "0::/user.slice/session-1.scope\n",
                 &none,
                 "/usr/bin/python3"
@@ -569,7 +841,8 @@ mod tests {
 
     #[test]
     fn this_process_is_found_in_the_real_proc() {
-        let (procs, _) = read_processes(Path::new("/proc"));
+        let (procs, seen, _) = read_processes(Path::new("/proc"), &|_, _| true);
+        assert!(seen >= procs.len());
         let me = procs
             .iter()
             .find(|p| p.pid == std::process::id())
@@ -580,5 +853,68 @@ mod tests {
             me.exe
         );
         assert!(me.start_ticks > 0);
+    }
+
+    /// Scan time for 1,000 synthetic processes (each with an exe, cmdline, status,
+    /// stat, environ, cgroup and 4 socket fds) plus 4,000 sockets. Prints the
+    /// time; asserts only what the scan found. Run with
+    /// `cargo test -p tether-agent --release -- --ignored bench --nocapture`.
+    #[test]
+    #[ignore = "benchmark: prints a timing"]
+    fn bench_scan_of_1000_processes() {
+        let root = std::env::temp_dir().join(format!("fakeproc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("net")).expect("dir");
+        let mut tcp = String::from("  sl  local_address rem_address   st\n");
+        for pid in 1000..2000u32 {
+            let d = root.join(pid.to_string());
+            std::fs::create_dir_all(d.join("fd")).expect("dir");
+            std::os::unix::fs::symlink("/usr/bin/python3.12", d.join("exe")).expect("exe");
+            std::fs::write(d.join("cmdline"), b"python3\0app.py\0--token\0x\0").expect("w");
+            std::fs::write(d.join("status"), "PPid:\t1\nUid:\t1000\t1000\n").expect("w");
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} (python3) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 {pid} 0 0"),
+            )
+            .expect("w");
+            std::fs::write(d.join("environ"), b"HOME=/root\0PATH=/bin\0").expect("w");
+            std::fs::write(
+                d.join("cgroup"),
+                format!("0::/system.slice/app{}.service\n", pid % 50),
+            )
+            .expect("w");
+            for fd in 0..4u32 {
+                let inode = pid * 10 + fd;
+                std::os::unix::fs::symlink(
+                    format!("socket:[{inode}]"),
+                    d.join("fd").join(fd.to_string()),
+                )
+                .expect("fd");
+                let port = if fd == 0 && pid % 10 == 0 { 443 } else { 8000 };
+                tcp.push_str(&format!(
+                    "   0: 0100007F:1F90 0200007F:{port:04X} 01 00000000:00000000 00:00000000 00000000  1000        0 {inode} 1\n"
+                ));
+            }
+        }
+        std::fs::write(root.join("net/tcp"), tcp).expect("tcp");
+        let eps = Resolver::fixed(&["openai=127.0.0.2:443".into()]).endpoints();
+        let opts = ScanOptions {
+            all_python: false,
+            systemd_dir: root.join("systemd"),
+        };
+        let _warm = scan(&root, &eps, &opts);
+        let t = std::time::Instant::now();
+        let runs = 10;
+        let mut found = 0;
+        for _ in 0..runs {
+            found = scan(&root, &eps, &opts).services.len();
+        }
+        let per = t.elapsed() / runs;
+        println!(
+            "discovery scan of 1000 processes: {:.2} ms",
+            per.as_secs_f64() * 1000.0
+        );
+        assert_eq!(found, 5, "100 connected processes in 5 systemd units");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

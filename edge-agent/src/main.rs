@@ -3,8 +3,10 @@
 mod actions;
 mod agent;
 mod backoff;
+mod clock;
 mod config;
 mod discovery;
+mod gpu;
 mod spool;
 mod state;
 mod telemetry;
@@ -13,7 +15,7 @@ mod transport;
 use agent::{Agent, AgentError};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,9 +48,14 @@ fn main() -> ExitCode {
         Some("run") => run(cfg, rest.contains(&"--once")),
         Some("status") => status(&cfg),
         Some("scan") => {
-            let eps = discovery::endpoints(&cfg.llm_hosts);
+            // Offline matchers only: a one-shot scan does not wait for DNS.
+            let eps = discovery::Resolver::fixed(&cfg.llm_hosts).endpoints();
+            let opts = discovery::ScanOptions {
+                all_python: cfg.report_all_python,
+                systemd_dir: PathBuf::from("/etc/systemd/system"),
+            };
             let t = std::time::Instant::now();
-            let s = discovery::scan(std::path::Path::new("/proc"), &eps, cfg.report_all_python);
+            let s = discovery::scan(std::path::Path::new("/proc"), &eps, &opts);
             println!(
                 "{}",
                 serde_json::json!({"processes": s.processes, "skipped": s.skipped,
@@ -110,54 +117,38 @@ fn run(cfg: config::Config, once: bool) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Local(e.to_string()))?
     {
         Some(c) => c,
-        None => agent::enroll(&cfg, &transport(&cfg))?,
+        None => enroll_with_retry(&cfg, &stop, once)?,
     };
-    let cap = Duration::from_secs(cfg.max_backoff_s);
     let mut a = Agent::new(cfg.clone(), transport(&cfg), cred)?;
+    agent::run_loop(&mut a, &clock::SystemClock, &stop, once)
+}
+
+/// Enrolls, backing off on failures that may pass (network, 5xx); an invalid
+/// token is final.
+fn enroll_with_retry(
+    cfg: &config::Config,
+    stop: &AtomicBool,
+    once: bool,
+) -> Result<state::Credential, AgentError> {
+    let t = transport(cfg);
+    let cap = Duration::from_secs(cfg.max_backoff_s);
     let mut failures = 0u32;
     loop {
-        let wait = match a.cycle() {
-            Ok(next) => {
-                failures = 0;
-                next
-            }
-            Err(AgentError::Fatal(code)) => {
-                let e = AgentError::Fatal(code);
-                a.record_failure(&e);
-                a.write_status();
-                return Err(e);
-            }
+        match agent::enroll(cfg, &t) {
+            Ok(c) => return Ok(c),
+            Err(e @ (AgentError::Refused { .. } | AgentError::Local(_))) => return Err(e),
+            Err(e) if once => return Err(e),
             Err(e) => {
-                failures += 1;
-                a.record_failure(&e);
-                let wait =
-                    backoff::after_failure(failures, cap, e.retry_after(), rand::random::<f64>());
+                failures = failures.saturating_add(1);
+                let wait = backoff::after_failure(failures, cap, e.retry_after(), rand::random());
                 eprintln!(
-                    "tether-agent: poll failed ({e}); retrying in {:.1}s",
+                    "tether-agent: enroll failed ({e}); retrying in {:.1}s",
                     wait.as_secs_f64()
                 );
-                if once {
-                    a.write_status();
-                    return Err(e);
+                if clock::Clock::sleep(&clock::SystemClock, wait, stop) {
+                    return Err(AgentError::Local("stopped before enrolling".into()));
                 }
-                wait
             }
-        };
-        a.write_status();
-        if once {
-            return Ok(());
-        }
-        // Sleep in small steps so SIGTERM stops us promptly; state is already durable.
-        let until = std::time::Instant::now() + wait;
-        while std::time::Instant::now() < until {
-            if stop.load(Ordering::Relaxed) {
-                eprintln!("tether-agent: stopping (signal); spool and state are on disk");
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100).min(until - std::time::Instant::now()));
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
         }
     }
 }

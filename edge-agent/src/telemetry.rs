@@ -1,21 +1,57 @@
 //! Host telemetry from kernel sources, summarised per window.
 //!
 //! Sources: `/proc/stat` (CPU by state), `/proc/meminfo`, `/proc/loadavg`,
-//! `/proc/pressure/{cpu,memory,io}` (PSI), `/proc/vmstat` (`oom_kill`). A source
-//! that is missing or unreadable is reported as an unavailable collector with the
-//! reason, and the rest keep working. GPU collection (NVML) is not built yet and
-//! says so.
+//! `/proc/pressure/{cpu,memory,io}` (PSI), `/proc/vmstat` (`oom_kill`),
+//! `/proc/diskstats`, `/proc/net/dev`, disk usage (`statvfs` of the mounted
+//! filesystems in `/proc/mounts`), per-process CPU and RSS (`/proc/<pid>/stat`),
+//! cgroup v2 per container (`cpu.stat`, `memory.current`) and GPUs through NVML
+//! ([`crate::gpu`]).
+//!
+//! Invariants:
+//! - A source that is missing or unreadable makes its collector `unavailable`
+//!   with the reason; the others keep working and nothing here fails the agent.
+//! - Rates are deltas between two samples of cumulative counters; the first
+//!   sample only sets the baseline, so a window never reports a rate it did not
+//!   measure. Counter resets (reboot, wrap) give zero, never a negative rate.
+//! - Metric names are bounded: per-device and per-container families are capped,
+//!   so a window's size does not grow with the host.
 
+use crate::gpu::Gpu;
 use crate::state::Collector;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Most containers reported per window.
+const MAX_CGROUPS: usize = 32;
+/// Most filesystems reported per window.
+const MAX_MOUNTS: usize = 8;
+/// Top processes reported, by CPU and by RSS.
+const TOP: usize = 3;
+
+/// One sample's outcome.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Sample {
+    pub metrics: BTreeMap<String, f64>,
+    pub events: Vec<String>,
+    pub collectors: Vec<Collector>,
+    /// GPU names, for the inventory.
+    pub gpus: Vec<String>,
+}
 
 /// Cumulative counters from the previous sample, to turn into rates.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug)]
 pub struct Sampler {
     root: PathBuf,
+    cgroup_root: PathBuf,
+    at: Option<Instant>,
     cpu: Option<Vec<u64>>,
     oom_kills: Option<u64>,
+    disk: Option<(u64, u64, u64)>,
+    net: Option<(u64, u64)>,
+    procs: HashMap<u32, u64>,
+    cgroups: HashMap<String, u64>,
+    gpu: Gpu,
 }
 
 fn cpu_counters(stat: &str) -> Option<Vec<u64>> {
@@ -36,39 +72,166 @@ fn meminfo(text: &str, key: &str) -> Option<f64> {
         .map(|kb| kb * 1024.0)
 }
 
-fn psi_some_avg10(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with("some"))?;
+fn psi(text: &str, kind: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(kind))?;
     line.split_whitespace()
         .find_map(|f| f.strip_prefix("avg10="))
         .and_then(|v| v.parse().ok())
 }
 
+/// Sectors read, sectors written, ms doing I/O, summed over whole disks.
+fn diskstats(text: &str, is_disk: &dyn Fn(&str) -> bool) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(rd), Some(wr), Some(io)) = (f.get(2), f.get(5), f.get(9), f.get(12))
+        else {
+            continue;
+        };
+        if !is_disk(name) {
+            continue;
+        }
+        let n = |s: &str| s.parse::<u64>().unwrap_or(0);
+        t.0 += n(rd);
+        t.1 += n(wr);
+        t.2 += n(io);
+    }
+    t
+}
+
+/// Received and transmitted bytes, summed over interfaces other than `lo`.
+fn netdev(text: &str) -> (u64, u64) {
+    let mut t = (0, 0);
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        t.0 += f.first().copied().unwrap_or(0);
+        t.1 += f.get(8).copied().unwrap_or(0);
+    }
+    t
+}
+
+/// `/` -> `root`, `/var/lib` -> `var_lib`.
+fn mount_name(mountpoint: &str) -> String {
+    let s = mountpoint.trim_matches('/').replace(['/', '.', ' '], "_");
+    if s.is_empty() {
+        "root".into()
+    } else {
+        s
+    }
+}
+
+/// Real filesystems from `/proc/mounts`.
+fn mounts(text: &str) -> Vec<String> {
+    const REAL: &[&str] = &[
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "overlay",
+    ];
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (mp, fs) = (f.get(1)?, f.get(2)?);
+            REAL.contains(fs).then(|| mp.replace("\\040", " "))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_MOUNTS);
+    out
+}
+
+/// utime + stime and RSS pages of one `/proc/<pid>/stat`.
+fn proc_stat(stat: &str) -> Option<(String, u64, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some((comm, n(11)? + n(12)?, n(21)?))
+}
+
+/// Container cgroups under a cgroup v2 root: (short id, directory).
+fn container_cgroups(root: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p)?.strip_suffix(".scope"));
+            match id {
+                Some(id) if out.len() < MAX_CGROUPS => {
+                    out.push((id.chars().take(12).collect(), e.path()))
+                }
+                Some(_) => {}
+                None if depth < 4 => stack.push((e.path(), depth + 1)),
+                None => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn note(collectors: &mut Vec<Collector>, name: &str, r: Result<(), String>) {
+    collectors.push(Collector {
+        name: name.into(),
+        state: if r.is_ok() { "ok" } else { "unavailable" }.into(),
+        reason: r.err().unwrap_or_default(),
+    });
+}
+
 impl Sampler {
     pub fn new(root: &Path) -> Self {
+        Self::with_gpu(root, Path::new("/sys/fs/cgroup"), Gpu::open())
+    }
+
+    pub fn with_gpu(root: &Path, cgroup_root: &Path, gpu: Gpu) -> Self {
         Self {
             root: root.to_path_buf(),
-            ..Self::default()
+            cgroup_root: cgroup_root.to_path_buf(),
+            at: None,
+            cpu: None,
+            oom_kills: None,
+            disk: None,
+            net: None,
+            procs: HashMap::new(),
+            cgroups: HashMap::new(),
+            gpu,
         }
     }
 
-    /// One sample: gauges and rates since the previous sample, events, and the
-    /// state of each collector.
-    pub fn sample(&mut self) -> (BTreeMap<String, f64>, Vec<String>, Vec<Collector>) {
+    /// One sample: gauges, rates since the previous sample, events, and the state
+    /// of each collector.
+    pub fn sample(&mut self) -> Sample {
         let mut m = BTreeMap::new();
         let mut events = Vec::new();
         let mut collectors = Vec::new();
-        let read = |p: &str| std::fs::read_to_string(self.root.join(p));
-        let mut note = |name: &str, r: Result<(), String>| {
-            collectors.push(Collector {
-                name: name.into(),
-                state: if r.is_ok() {
-                    "ok".into()
-                } else {
-                    "unavailable".into()
-                },
-                reason: r.err().unwrap_or_default(),
-            })
-        };
+        let now = Instant::now();
+        let secs = self
+            .at
+            .map(|t| now.duration_since(t).as_secs_f64())
+            .filter(|s| *s > 0.0);
+        self.at = Some(now);
+        let root = self.root.clone();
+        let read = |p: &str| std::fs::read_to_string(root.join(p));
+        let rate = |now: u64, prev: u64| secs.map(|s| now.saturating_sub(prev) as f64 / s);
+
         match read("stat").map(|s| cpu_counters(&s)) {
             Ok(Some(now)) => {
                 if let Some(prev) = &self.cpu {
@@ -96,10 +259,14 @@ impl Sampler {
                     }
                 }
                 self.cpu = Some(now);
-                note("cpu", Ok(()));
+                note(&mut collectors, "cpu", Ok(()));
             }
-            Ok(None) => note("cpu", Err("no cpu line in /proc/stat".into())),
-            Err(e) => note("cpu", Err(format!("/proc/stat: {e}"))),
+            Ok(None) => note(
+                &mut collectors,
+                "cpu",
+                Err("no cpu line in /proc/stat".into()),
+            ),
+            Err(e) => note(&mut collectors, "cpu", Err(format!("/proc/stat: {e}"))),
         }
         match read("meminfo") {
             Ok(t) => {
@@ -113,31 +280,46 @@ impl Sampler {
                         100.0 * (total - avail) / total.max(1.0),
                     );
                 }
-                note("memory", Ok(()));
+                note(&mut collectors, "memory", Ok(()));
             }
-            Err(e) => note("memory", Err(format!("/proc/meminfo: {e}"))),
+            Err(e) => note(
+                &mut collectors,
+                "memory",
+                Err(format!("/proc/meminfo: {e}")),
+            ),
         }
         match read("loadavg") {
             Ok(t) => {
-                if let Some(v) = t.split_whitespace().next().and_then(|v| v.parse().ok()) {
-                    m.insert("load.1m".into(), v);
+                for (name, v) in ["load.1m", "load.5m", "load.15m"]
+                    .iter()
+                    .zip(t.split_whitespace())
+                {
+                    if let Ok(v) = v.parse() {
+                        m.insert((*name).into(), v);
+                    }
                 }
-                note("load", Ok(()));
+                note(&mut collectors, "load", Ok(()));
             }
-            Err(e) => note("load", Err(format!("/proc/loadavg: {e}"))),
+            Err(e) => note(&mut collectors, "load", Err(format!("/proc/loadavg: {e}"))),
         }
         let mut psi_ok = Ok(());
         for res in ["cpu", "memory", "io"] {
             match read(&format!("pressure/{res}")) {
                 Ok(t) => {
-                    if let Some(v) = psi_some_avg10(&t) {
-                        m.insert(format!("psi.{res}.some_avg10"), v);
+                    for kind in ["some", "full"] {
+                        if let Some(v) = psi(&t, kind) {
+                            m.insert(format!("psi.{res}.{kind}_avg10"), v);
+                        }
                     }
                 }
-                Err(e) => psi_ok = Err(format!("/proc/pressure/{res}: {e} (kernel without PSI?)")),
+                Err(e) => {
+                    psi_ok = Err(format!(
+                        "/proc/pressure/{res}: {e} (kernel without PSI, or psi=0)"
+                    ))
+                }
             }
         }
-        note("psi", psi_ok);
+        note(&mut collectors, "psi", psi_ok);
         match read("vmstat") {
             Ok(t) => {
                 let now = t
@@ -145,22 +327,196 @@ impl Sampler {
                     .find_map(|l| l.strip_prefix("oom_kill "))
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if let (Some(now), Some(prev)) = (now, self.oom_kills) {
+                    m.insert("oom.kills".into(), now.saturating_sub(prev) as f64);
                     if now > prev {
-                        m.insert("oom.kills".into(), (now - prev) as f64);
                         events.push("oom_kill".into());
                     }
                 }
                 self.oom_kills = now.or(self.oom_kills);
-                note("oom", Ok(()));
+                note(&mut collectors, "oom", Ok(()));
             }
-            Err(e) => note("oom", Err(format!("/proc/vmstat: {e}"))),
+            Err(e) => note(&mut collectors, "oom", Err(format!("/proc/vmstat: {e}"))),
         }
-        collectors.push(Collector {
-            name: "gpu".into(),
-            state: "unavailable".into(),
-            reason: "GPU collection (NVML) is not built into this agent version".into(),
-        });
-        (m, events, collectors)
+        let sys_block = root.join("../sys/block");
+        let is_disk = |name: &str| {
+            !name.starts_with("loop")
+                && !name.starts_with("ram")
+                && (Path::new("/sys/block").join(name).exists() || sys_block.join(name).exists())
+        };
+        match read("diskstats") {
+            Ok(t) => {
+                let now = diskstats(&t, &is_disk);
+                if let Some(prev) = self.disk {
+                    if let Some(r) = rate(now.0, prev.0) {
+                        m.insert("disk.read_bytes_per_s".into(), r * 512.0);
+                    }
+                    if let Some(w) = rate(now.1, prev.1) {
+                        m.insert("disk.write_bytes_per_s".into(), w * 512.0);
+                    }
+                    if let Some(io) = rate(now.2, prev.2) {
+                        m.insert("disk.busy_pct".into(), (io / 10.0).min(100.0));
+                    }
+                }
+                self.disk = Some(now);
+                note(&mut collectors, "diskstats", Ok(()));
+            }
+            Err(e) => note(
+                &mut collectors,
+                "diskstats",
+                Err(format!("/proc/diskstats: {e}")),
+            ),
+        }
+        match read("net/dev") {
+            Ok(t) => {
+                let now = netdev(&t);
+                if let Some(prev) = self.net {
+                    if let Some(r) = rate(now.0, prev.0) {
+                        m.insert("net.rx_bytes_per_s".into(), r);
+                    }
+                    if let Some(t) = rate(now.1, prev.1) {
+                        m.insert("net.tx_bytes_per_s".into(), t);
+                    }
+                }
+                self.net = Some(now);
+                note(&mut collectors, "net", Ok(()));
+            }
+            Err(e) => note(&mut collectors, "net", Err(format!("/proc/net/dev: {e}"))),
+        }
+        match read("mounts") {
+            Ok(t) => {
+                let mut failed = Vec::new();
+                for mp in mounts(&t) {
+                    match rustix::fs::statvfs(mp.as_str()) {
+                        Ok(v) => {
+                            let total = v.f_blocks.saturating_mul(v.f_frsize) as f64;
+                            let free = v.f_bavail.saturating_mul(v.f_frsize) as f64;
+                            let used = (total - free).max(0.0);
+                            let n = mount_name(&mp);
+                            m.insert(format!("fs.{n}.used_bytes"), used);
+                            m.insert(format!("fs.{n}.used_pct"), 100.0 * used / total.max(1.0));
+                        }
+                        Err(e) => failed.push(format!("{mp}: {e}")),
+                    }
+                }
+                let r = if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("statvfs failed for {}", failed.join(", ")))
+                };
+                note(&mut collectors, "filesystem", r);
+            }
+            Err(e) => note(
+                &mut collectors,
+                "filesystem",
+                Err(format!("/proc/mounts: {e}")),
+            ),
+        }
+        self.top_processes(&mut m, secs, &mut collectors);
+        self.containers(&mut m, secs, &mut collectors);
+        let gpu = self.gpu.sample(&mut m, &mut events);
+        collectors.push(gpu.collector);
+        Sample {
+            metrics: m,
+            events,
+            collectors,
+            gpus: gpu.names,
+        }
+    }
+
+    fn top_processes(
+        &mut self,
+        m: &mut BTreeMap<String, f64>,
+        secs: Option<f64>,
+        collectors: &mut Vec<Collector>,
+    ) {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            note(
+                collectors,
+                "processes",
+                Err(format!("{}: unreadable", self.root.display())),
+            );
+            return;
+        };
+        let page = 4096.0;
+        let ticks = 100.0; // USER_HZ: 100 on every Linux ABI we ship for
+        let mut now = HashMap::new();
+        let mut cpu: Vec<(f64, u32)> = Vec::new();
+        let mut rss: Vec<(f64, u32)> = Vec::new();
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let Some((_, t, pages)) = proc_stat(&stat) else {
+                continue;
+            };
+            now.insert(pid, t);
+            rss.push((pages as f64 * page, pid));
+            if let (Some(s), Some(prev)) = (secs, self.procs.get(&pid)) {
+                cpu.push((100.0 * t.saturating_sub(*prev) as f64 / ticks / s, pid));
+            }
+        }
+        self.procs = now;
+        let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
+        cpu.sort_by(desc);
+        rss.sort_by(desc);
+        for (i, (pct, pid)) in cpu.iter().take(TOP).enumerate() {
+            m.insert(format!("top.cpu.{}.pid", i + 1), f64::from(*pid));
+            m.insert(format!("top.cpu.{}.pct", i + 1), *pct);
+        }
+        for (i, (bytes, pid)) in rss.iter().take(TOP).enumerate() {
+            m.insert(format!("top.rss.{}.pid", i + 1), f64::from(*pid));
+            m.insert(format!("top.rss.{}.bytes", i + 1), *bytes);
+        }
+        note(collectors, "processes", Ok(()));
+    }
+
+    fn containers(
+        &mut self,
+        m: &mut BTreeMap<String, f64>,
+        secs: Option<f64>,
+        collectors: &mut Vec<Collector>,
+    ) {
+        if !self.cgroup_root.join("cgroup.controllers").exists() {
+            note(
+                collectors,
+                "cgroup",
+                Err(format!(
+                    "{} is not a cgroup v2 hierarchy",
+                    self.cgroup_root.display()
+                )),
+            );
+            return;
+        }
+        let mut now = HashMap::new();
+        for (id, dir) in container_cgroups(&self.cgroup_root) {
+            if let Some(mem) = std::fs::read_to_string(dir.join("memory.current"))
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                m.insert(format!("container.{id}.mem_bytes"), mem);
+            }
+            let usage = std::fs::read_to_string(dir.join("cpu.stat"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
+            if let Some(u) = usage {
+                if let (Some(s), Some(prev)) = (secs, self.cgroups.get(&id)) {
+                    m.insert(
+                        format!("container.{id}.cpu_pct"),
+                        u.saturating_sub(*prev) as f64 / 1e4 / s,
+                    );
+                }
+                now.insert(id, u);
+            }
+        }
+        self.cgroups = now;
+        note(collectors, "cgroup", Ok(()));
     }
 }
 
@@ -168,39 +524,100 @@ impl Sampler {
 mod tests {
     use super::*;
 
+    fn collector<'a>(s: &'a Sample, name: &str) -> &'a Collector {
+        s.collectors
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("collector {name}"))
+    }
+
     #[test]
     fn rates_come_from_two_samples_of_the_real_proc() {
         let mut s = Sampler::new(Path::new("/proc"));
-        let (first, _, collectors) = s.sample();
-        assert!(first.contains_key("mem.used_bytes"));
+        let first = s.sample();
+        assert!(first.metrics["mem.used_bytes"] > 0.0);
         assert!(
-            !first.contains_key("cpu.busy_pct"),
+            !first.metrics.contains_key("cpu.busy_pct"),
             "no rate from one sample"
         );
-        assert!(collectors
-            .iter()
-            .any(|c| c.name == "cpu" && c.state == "ok"));
+        assert_eq!(collector(&first, "cpu").state, "ok");
+        assert!(
+            first.metrics["fs.root.used_bytes"] > 0.0,
+            "{:?}",
+            first.metrics.keys()
+        );
         let mut x = 0u64;
         for i in 0..3_000_000u64 {
             x = x.wrapping_add(i * i);
         }
         assert!(x > 0);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (second, _, _) = s.sample();
-        let busy = second.get("cpu.busy_pct").copied().expect("busy");
+        let second = s.sample();
+        let busy = second.metrics["cpu.busy_pct"];
         assert!((0.0..=100.0).contains(&busy), "{busy}");
+        assert!(second.metrics.contains_key("net.rx_bytes_per_s"));
+        assert!(second.metrics["top.rss.1.bytes"] > 0.0);
+        assert!(second.metrics.contains_key("top.cpu.1.pct"));
     }
 
     #[test]
     fn a_missing_source_is_reported_not_fatal() {
-        let mut s = Sampler::new(Path::new("/nonexistent-proc"));
-        let (m, _, collectors) = s.sample();
-        assert!(m.is_empty());
-        let cpu = collectors.iter().find(|c| c.name == "cpu").expect("cpu");
+        let mut s = Sampler::with_gpu(
+            Path::new("/nonexistent-proc"),
+            Path::new("/nonexistent-cgroup"),
+            Gpu::absent("test"),
+        );
+        let sample = s.sample();
+        assert!(sample.metrics.is_empty(), "{:?}", sample.metrics);
+        let cpu = collector(&sample, "cpu");
         assert_eq!(cpu.state, "unavailable");
         assert!(cpu.reason.contains("/proc/stat"), "{}", cpu.reason);
-        assert!(collectors
-            .iter()
-            .any(|c| c.name == "gpu" && c.reason.contains("not built")));
+        assert_eq!(collector(&sample, "psi").state, "unavailable");
+        assert_eq!(collector(&sample, "cgroup").state, "unavailable");
+        assert_eq!(collector(&sample, "gpu").reason, "no GPU: test");
+    }
+
+    #[test]
+    fn kernel_text_parses() {
+        let psi_text = "some avg10=1.50 avg60=0.20 avg300=0.00 total=1\nfull avg10=0.25 avg60=0.00 avg300=0.00 total=1\n";
+        assert_eq!(psi(psi_text, "some"), Some(1.5));
+        assert_eq!(psi(psi_text, "full"), Some(0.25));
+        let net = "Inter-|   Receive\n face |bytes\n    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n  eth0: 2000 5 0 0 0 0 0 0 3000 4 0 0 0 0 0 0\n";
+        assert_eq!(netdev(net), (2000, 3000));
+        let disks = "   8       0 sda 10 0 100 5 20 0 200 7 0 30 12 0 0 0 0\n   8       1 sda1 10 0 100 5 20 0 200 7 0 30 12 0 0 0 0\n";
+        assert_eq!(diskstats(disks, &|n| n == "sda"), (100, 200, 30));
+        assert_eq!(
+            mounts("/dev/sda1 / ext4 rw 0 0\nproc /proc proc rw 0 0\n/dev/sdb /var/lib/my\\040data xfs rw 0 0\n"),
+            vec!["/".to_owned(), "/var/lib/my data".to_owned()]
+        );
+        assert_eq!(mount_name("/"), "root");
+        assert_eq!(mount_name("/var/lib/my data"), "var_lib_my_data");
+        let stat = "42 (my (odd) proc) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 25 18446744073709551615";
+        assert_eq!(proc_stat(stat), Some(("my (odd) proc".to_owned(), 10, 25)));
+    }
+
+    #[test]
+    fn container_cgroups_are_found_and_measured() {
+        let root = std::env::temp_dir().join(format!(
+            "cg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let id = "ab".repeat(32);
+        let c = root.join(format!("system.slice/docker-{id}.scope"));
+        std::fs::create_dir_all(&c).expect("dir");
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory\n").expect("write");
+        std::fs::write(c.join("memory.current"), "1048576\n").expect("write");
+        std::fs::write(c.join("cpu.stat"), "usage_usec 1000000\n").expect("write");
+        let mut s = Sampler::with_gpu(Path::new("/proc"), &root, Gpu::absent("test"));
+        let first = s.sample();
+        assert_eq!(
+            first.metrics["container.abababababab.mem_bytes"],
+            1_048_576.0
+        );
+        std::fs::write(c.join("cpu.stat"), "usage_usec 1500000\n").expect("write");
+        let second = s.sample();
+        assert!(second.metrics["container.abababababab.cpu_pct"] > 0.0);
+        assert_eq!(collector(&second, "cgroup").state, "ok");
     }
 }
