@@ -422,6 +422,10 @@ impl<T: Transport> Agent<T> {
                 .map(|r| RecordKey::Result(r.action_id.clone(), r.phase)),
         );
         self.spool.ack(&acked);
+        // The server asked for bodies this poll did not carry: answer promptly (once:
+        // a server that asks again after getting them waits a full interval).
+        let asked = (resp.send_full_services && !send_services)
+            || (resp.send_full_inventory && !send_inventory);
         if resp.send_full_services {
             self.state.sent_services_hash.clear();
         } else if send_services {
@@ -465,7 +469,7 @@ impl<T: Transport> Agent<T> {
         self.status.health = "healthy".into();
         // New results go out promptly; only once per batch of actions, so a server
         // that never acknowledges cannot turn this into a hot loop.
-        Ok(if ran_any {
+        Ok(if ran_any || asked {
             Next::Soon
         } else {
             Next::Interval(resp.next_poll_after_ms)
@@ -768,6 +772,31 @@ mod tests {
         let mut b = agent(&cfg, &cred, &t2);
         run_loop(&mut b, &clock, &stop, true).expect("one cycle");
         assert_eq!(t2.sent.borrow()[0].seq, 8);
+    }
+
+    #[test]
+    fn bodies_the_server_asks_for_go_out_promptly_but_only_once() {
+        let (cfg, cred) = setup("asked");
+        let mut asks = answer(30_000);
+        asks.send_full_services = true;
+        let t = ScriptedTransport {
+            replies: RefCell::new(VecDeque::from([
+                ok(answer(30_000)),
+                ok(asks.clone()),
+                ok(asks),
+            ])),
+            sent: RefCell::new(Vec::new()),
+        };
+        let mut a = agent(&cfg, &cred, &t);
+        // First poll: the list goes out (never sent before); nothing asked.
+        assert_eq!(a.cycle().expect("poll 1"), Next::Interval(30_000));
+        // Second poll: unchanged, so no body; the server asks for it: answer soon.
+        assert_eq!(a.cycle().expect("poll 2"), Next::Soon);
+        // Third poll carries it; a server that asks again waits a full interval.
+        assert_eq!(a.cycle().expect("poll 3"), Next::Interval(30_000));
+        let sent = t.sent.borrow();
+        let carried: Vec<bool> = sent.iter().map(|req| req.services.is_some()).collect();
+        assert_eq!(carried, vec![true, false, true]);
     }
 
     #[test]
