@@ -5,7 +5,34 @@
 locals {
   table_arns = [aws_dynamodb_table.main.arn, "${aws_dynamodb_table.main.arn}/index/*"]
 
-  function_statements = {
+  artifacts_arn = "${aws_s3_bucket.artifacts.arn}/T/*/artifacts/*"
+  queue_arn     = { for q, r in aws_sqs_queue.queue : q => r.arn }
+  consume       = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+
+  # What each incident role reads and writes: its own queue, the queues it hands
+  # work to, the table and the artifact objects.
+  role_access = {
+    observer      = { consumes = "observations", sends = ["analyzer"], table = ["dynamodb:GetItem", "dynamodb:PutItem"] }
+    analyzer      = { consumes = "analyzer", sends = ["planner"], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"] }
+    planner       = { consumes = "planner", sends = ["policy-gate"], table = ["dynamodb:GetItem", "dynamodb:PutItem"] }
+    "policy-gate" = { consumes = "policy-gate", sends = ["executor", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem"] }
+    executor      = { consumes = "executor", sends = ["executor", "verifier", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"] }
+    verifier      = { consumes = "verifier", sends = ["verifier", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"] }
+    memory        = { consumes = "memory", sends = [], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"] }
+  }
+
+  role_statements = {
+    for role, a in local.role_access : role => concat(
+      [
+        { Sid = "Table", Action = a.table, Resource = [aws_dynamodb_table.main.arn] },
+        { Sid = "Artifacts", Action = ["s3:GetObject", "s3:PutObject"], Resource = [local.artifacts_arn] },
+        { Sid = "Consume", Action = local.consume, Resource = [lookup(local.queue_arn, a.consumes, "")] },
+      ],
+      length(a.sends) == 0 ? [] : [{ Sid = "Send", Action = ["sqs:SendMessage"], Resource = [for q in a.sends : lookup(local.queue_arn, q, "")] }],
+    )
+  }
+
+  function_statements = merge(local.role_statements, {
     api = [
       {
         Sid = "Table"
@@ -22,9 +49,11 @@ locals {
         Resource = local.table_arns
       },
       {
-        Sid      = "Observations"
+        # Telemetry to the observer; approvals and finished incident actions to
+        # the executor; rejections to memory.
+        Sid      = "Queues"
         Action   = ["sqs:SendMessage"]
-        Resource = [aws_sqs_queue.queue["observations"].arn]
+        Resource = [for q in ["observations", "executor", "memory"] : local.queue_arn[q] if contains(var.queues, q)]
       },
       {
         Sid      = "Payloads"
@@ -37,7 +66,7 @@ locals {
         Resource = [aws_secretsmanager_secret.signing_keys.arn]
       },
     ]
-  }
+  })
 }
 
 data "aws_iam_policy_document" "assume_lambda" {

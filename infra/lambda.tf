@@ -11,6 +11,7 @@ locals {
       TETHER_SIGNING_SECRET_ID     = aws_secretsmanager_secret.signing_keys.name
       TETHER_OPERATOR_JWT_ISSUER   = var.operator_jwt_issuer
       TETHER_OPERATOR_JWT_AUDIENCE = var.operator_jwt_audience
+      TETHER_MAX_RECEIVES          = tostring(var.max_receive_count)
     },
     var.operator_jwks == "" ? {} : { TETHER_OPERATOR_JWKS = var.operator_jwks },
     { for q in var.queues : "TETHER_QUEUE_URL_${upper(replace(q, "-", "_"))}" => aws_sqs_queue.queue[q].url }
@@ -48,4 +49,30 @@ resource "aws_lambda_function_url" "api" {
   count              = local.deploy_functions && contains(keys(var.functions), "api") ? 1 : 0
   function_name      = aws_lambda_function.function["api"].function_name
   authorization_type = "NONE"
+}
+
+# Each incident role consumes its own queue (the observer: observations), in
+# batches, reporting per-message failures so one poison message does not fail
+# (and redeliver) its whole batch.
+locals {
+  role_queues = {
+    observer      = "observations"
+    analyzer      = "analyzer"
+    planner       = "planner"
+    "policy-gate" = "policy-gate"
+    executor      = "executor"
+    verifier      = "verifier"
+    memory        = "memory"
+  }
+}
+
+resource "aws_lambda_event_source_mapping" "role" {
+  for_each = local.deploy_functions ? {
+    for f, q in local.role_queues : f => q if contains(keys(var.functions), f) && contains(var.queues, q)
+  } : {}
+  function_name                      = aws_lambda_function.function[each.key].arn
+  event_source_arn                   = aws_sqs_queue.queue[each.value].arn
+  batch_size                         = 10
+  maximum_batching_window_in_seconds = 1
+  function_response_types            = ["ReportBatchItemFailures"]
 }

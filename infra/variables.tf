@@ -27,14 +27,21 @@ variable "functions" {
     timeout_s = number
   }))
   default = {
-    api = { memory_mb = 256, timeout_s = 10 }
+    api           = { memory_mb = 256, timeout_s = 10 }
+    observer      = { memory_mb = 256, timeout_s = 30 }
+    analyzer      = { memory_mb = 128, timeout_s = 30 }
+    planner       = { memory_mb = 128, timeout_s = 30 }
+    "policy-gate" = { memory_mb = 128, timeout_s = 30 }
+    executor      = { memory_mb = 128, timeout_s = 30 }
+    verifier      = { memory_mb = 128, timeout_s = 30 }
+    memory        = { memory_mb = 128, timeout_s = 30 }
   }
 }
 
 variable "queues" {
   description = "Work queues (each gets a dead-letter queue); functions get each URL as TETHER_QUEUE_URL_<NAME> ('-' becomes '_')."
   type        = list(string)
-  default     = ["observations"]
+  default     = ["observations", "analyzer", "planner", "policy-gate", "executor", "verifier", "memory"]
   validation {
     condition     = alltrue([for q in var.queues : can(regex("^[a-z0-9_-]{1,40}$", q))])
     error_message = "Queue names must be 1-40 lowercase letters, digits, '_' or '-'."

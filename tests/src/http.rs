@@ -83,4 +83,15 @@ impl Http {
         }
         Self::finish(req.send(body))
     }
+
+    pub fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {
+        let mut req = self
+            .agent
+            .put(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(b) = bearer {
+            req = req.header("Authorization", format!("Bearer {b}"));
+        }
+        Self::finish(req.send(body.to_string().as_bytes()))
+    }
 }

@@ -18,7 +18,20 @@ pub struct Stack {
     pub bucket: String,
     pub secret_id: String,
     pub sdk: aws_config::SdkConfig,
+    /// The incident roles' queues (name -> (url, dlq url)), when created with
+    /// [`Stack::create_with_chain`].
+    pub stage_queues: BTreeMap<String, (String, String)>,
 }
+
+/// The incident chain's queues besides `observations`, as `infra/` names them.
+pub const STAGE_QUEUES: [&str; 6] = [
+    "analyzer",
+    "planner",
+    "policy-gate",
+    "executor",
+    "verifier",
+    "memory",
+];
 
 fn attr(name: &str) -> AttributeDefinition {
     AttributeDefinition::builder()
@@ -110,8 +123,60 @@ impl Stack {
             bucket,
             secret_id,
             sdk,
+            stage_queues: BTreeMap::new(),
         };
         stack.rotate_keys().await;
+        stack
+    }
+
+    /// A stack with the incident chain's queues too: each with a DLQ and a redrive
+    /// policy of `max_receives` tries, like `infra/` (whose default is 5).
+    pub async fn create_with_chain(emu: &Emulator, max_receives: u32) -> Self {
+        let mut stack = Self::create(emu).await;
+        let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
+        let name = unique_name("q");
+        for q in STAGE_QUEUES {
+            let dlq = sqs
+                .create_queue()
+                .queue_name(format!("{name}-{q}-dlq"))
+                .send()
+                .await
+                .expect("create dlq")
+                .queue_url
+                .expect("dlq url");
+            let dlq_arn = sqs
+                .get_queue_attributes()
+                .queue_url(&dlq)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .expect("dlq attributes")
+                .attributes
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                        .cloned()
+                })
+                .expect("dlq arn");
+            let url = sqs
+                .create_queue()
+                .queue_name(format!("{name}-{q}"))
+                // Short, so a failed message (and a killed runner's) comes back soon.
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                    "5",
+                )
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                    serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url
+                .expect("queue url");
+            stack.stage_queues.insert(q.to_owned(), (url, dlq));
+        }
         stack
     }
 
@@ -146,6 +211,12 @@ impl Stack {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(self.stage_queues.iter().map(|(q, (url, _))| {
+            (
+                format!("TETHER_QUEUE_URL_{}", q.to_uppercase().replace('-', "_")),
+                url.clone(),
+            )
+        }))
         .collect()
     }
 

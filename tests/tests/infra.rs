@@ -308,7 +308,30 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     let dlq_urls = out("dlq_urls");
     let queue_names: Option<BTreeSet<String>> =
         queue_urls.as_object().map(|m| m.keys().cloned().collect());
-    assert_eq!(queue_names, Some(set(&["observations"])));
+    let all_queues = [
+        "observations",
+        "analyzer",
+        "planner",
+        "policy-gate",
+        "executor",
+        "verifier",
+        "memory",
+    ];
+    assert_eq!(queue_names, Some(set(&all_queues)));
+    // Every queue has its own dead-letter queue and redrive policy.
+    for q in all_queues {
+        let url = queue_urls[q].as_str().expect("queue url");
+        let dlq = dlq_urls[q].as_str().expect("dlq url");
+        assert!(url.ends_with(&format!("/{prefix}-{q}")), "{url}");
+        assert!(dlq.ends_with(&format!("/{prefix}-{q}-dlq")), "{dlq}");
+        let redrive: Value =
+            serde_json::from_str(&queue_attr(&sqs, url, Q::RedrivePolicy).await).expect("json");
+        assert_eq!(
+            redrive["deadLetterTargetArn"],
+            queue_attr(&sqs, dlq, Q::QueueArn).await.as_str(),
+            "{q}"
+        );
+    }
     let queue_url = queue_urls["observations"].as_str().expect("queue url");
     let dlq_url = dlq_urls["observations"].as_str().expect("dlq url");
     assert!(
@@ -333,9 +356,9 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         .await
         .parse()
         .expect("number");
-    assert!(
-        visibility >= 60,
-        "visibility timeout {visibility} < 6 x 10 s"
+    assert_eq!(
+        visibility, 180,
+        "visibility timeout: 6 x the longest function timeout (30 s)"
     );
     assert_eq!(
         queue_attr(&sqs, dlq_url, Q::MessageRetentionPeriod).await,
@@ -440,13 +463,21 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
 
     // ---- outputs the runner and operators use -------------------------------------
     let env = out("env");
+    let url_of = |q: &str| queue_urls[q].as_str().expect("queue url").to_owned();
     let want_env = serde_json::json!({
         "TETHER_TABLE": table,
         "TETHER_BUCKET": bucket,
         "TETHER_QUEUE_URL_OBSERVATIONS": queue_url,
+        "TETHER_QUEUE_URL_ANALYZER": url_of("analyzer"),
+        "TETHER_QUEUE_URL_PLANNER": url_of("planner"),
+        "TETHER_QUEUE_URL_POLICY_GATE": url_of("policy-gate"),
+        "TETHER_QUEUE_URL_EXECUTOR": url_of("executor"),
+        "TETHER_QUEUE_URL_VERIFIER": url_of("verifier"),
+        "TETHER_QUEUE_URL_MEMORY": url_of("memory"),
         "TETHER_SIGNING_SECRET_ID": secret_id,
         "TETHER_OPERATOR_JWT_ISSUER": "tether",
         "TETHER_OPERATOR_JWT_AUDIENCE": "tether-operators",
+        "TETHER_MAX_RECEIVES": "5",
     });
     assert_eq!(env, want_env);
     assert_eq!(out("api_url"), Value::Null, "no packages: no function URL");
@@ -480,8 +511,16 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         .iter()
         .filter(|r| r["type"] == "aws_iam_role_policy")
         .collect();
-    assert_eq!(policies.len(), 1, "one policy per function (api)");
-    let policy_json = policies[0]["values"]["policy"].as_str().expect("policy");
+    assert_eq!(
+        policies.len(),
+        8,
+        "one policy per function (api and seven roles)"
+    );
+    let policy_json = policies
+        .iter()
+        .find(|p| p["values"]["name"] == format!("{prefix}-api").as_str())
+        .and_then(|p| p["values"]["policy"].as_str())
+        .expect("api policy");
     assert_eq!(out("function_policies")["api"], policy_json);
     let policy: Value = serde_json::from_str(policy_json).expect("policy json");
     let account = desc
@@ -490,6 +529,11 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         .expect("account in the table arn")
         .to_owned();
     let table_arn = desc.table_arn().expect("arn").to_owned();
+    let arn_of = |q: &str| {
+        let url = queue_urls[q].as_str().expect("queue url").to_owned();
+        let sqs = sqs.clone();
+        async move { queue_attr(&sqs, &url, Q::QueueArn).await }
+    };
     let want: BTreeSet<(BTreeSet<String>, BTreeSet<String>)> = [
         (
             set(&[
@@ -504,7 +548,14 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             ]),
             set(&[&table_arn, &format!("{table_arn}/index/*")]),
         ),
-        (set(&["sqs:SendMessage"]), set(&[&queue_arn])),
+        (
+            set(&["sqs:SendMessage"]),
+            set(&[
+                &queue_arn,
+                &arn_of("executor").await,
+                &arn_of("memory").await,
+            ]),
+        ),
         (
             set(&["s3:GetObject", "s3:PutObject"]),
             set(&[&format!("arn:aws:s3:::{bucket}/*")]),
@@ -519,6 +570,69 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     ]
     .into_iter()
     .collect();
+    let statements = |policy: &Value| -> BTreeSet<(BTreeSet<String>, BTreeSet<String>)> {
+        let mut got = BTreeSet::new();
+        for st in policy["Statement"].as_array().expect("statements") {
+            assert_eq!(st["Effect"], "Allow", "{st}");
+            for key in ["NotAction", "NotResource", "Principal", "Condition"] {
+                assert!(st.get(key).is_none(), "unexpected {key} in {st}");
+            }
+            let (actions, resources) = (strings(&st["Action"]), strings(&st["Resource"]));
+            for a in &actions {
+                assert!(!a.contains('*'), "wildcard action {a}");
+            }
+            for r in &resources {
+                assert!(
+                    r != "*" && r.contains(&prefix),
+                    "resource {r} is not this stack's"
+                );
+            }
+            got.insert((actions, resources));
+        }
+        got
+    };
+    // A role: its own queue to consume, the next one to send to, its table
+    // actions and the artifact objects, nothing else.
+    let observer: Value = serde_json::from_str(
+        out("function_policies")["observer"]
+            .as_str()
+            .expect("observer policy"),
+    )
+    .expect("json");
+    let want_observer: BTreeSet<(BTreeSet<String>, BTreeSet<String>)> = [
+        (
+            set(&["dynamodb:GetItem", "dynamodb:PutItem"]),
+            set(&[&table_arn]),
+        ),
+        (
+            set(&["s3:GetObject", "s3:PutObject"]),
+            set(&[&format!("arn:aws:s3:::{bucket}/T/*/artifacts/*")]),
+        ),
+        (
+            set(&[
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+            ]),
+            set(&[&queue_arn]),
+        ),
+        (set(&["sqs:SendMessage"]), set(&[&arn_of("analyzer").await])),
+        (
+            set(&["logs:CreateLogStream", "logs:PutLogEvents"]),
+            set(&[&format!(
+                "arn:aws:logs:us-east-1:{account}:log-group:/aws/lambda/{prefix}-observer:*"
+            )]),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(statements(&observer), want_observer);
+    for p in &policies {
+        let doc: Value =
+            serde_json::from_str(p["values"]["policy"].as_str().expect("policy")).expect("json");
+        statements(&doc);
+    }
     let mut got = BTreeSet::new();
     for st in policy["Statement"].as_array().expect("statements") {
         assert_eq!(st["Effect"], "Allow", "{st}");
@@ -554,10 +668,10 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             .is_err(),
         "table still exists after destroy"
     );
-    for name in [
-        format!("{prefix}-observations"),
-        format!("{prefix}-observations-dlq"),
-    ] {
+    for name in all_queues
+        .iter()
+        .flat_map(|q| [format!("{prefix}-{q}"), format!("{prefix}-{q}-dlq")])
+    {
         assert!(
             sqs.get_queue_url().queue_name(&name).send().await.is_err(),
             "queue {name} still exists after destroy"

@@ -31,8 +31,14 @@ fn documented() -> BTreeSet<(String, String)> {
 
 /// (METHOD, path) pairs declared by `.route("path", get(..).post(..))` calls.
 fn routed() -> BTreeSet<(String, String)> {
-    let src =
-        std::fs::read_to_string(repo().join("functions/api/src/routes.rs")).expect("routes.rs");
+    let src = ["routes.rs", "incidents.rs"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(repo().join("functions/api/src").join(f))
+                .unwrap_or_else(|e| panic!("{f}: {e}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = BTreeSet::new();
     for chunk in src.split(".route(").skip(1) {
         let chunk = chunk.split(".fallback(").next().unwrap_or(chunk);

@@ -38,6 +38,7 @@ impl From<ControlError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Busy | ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -13,8 +13,9 @@
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod incidents;
 pub mod routes;
 pub mod wiring;
 
 pub use routes::router;
-pub use wiring::{build, Plane};
+pub use wiring::{app, build, build_chain, Chain, Plane};

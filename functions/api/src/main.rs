@@ -13,5 +13,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::from_strings(&EnvStrings)?;
     let clients = Clients::from_env().await;
     let (plane, _calls) = tether_api::build(&config, &clients);
-    lambda_http::run(tether_api::router(plane)).await
+    let chain = tether_api::build_chain(&config, &clients);
+    lambda_http::run(tether_api::app(plane, chain)).await
 }

@@ -11,6 +11,9 @@
 //! | GET | `/v1/services`, `/v1/actions?agent_id=` | viewer |
 //! | POST, GET | `/v1/enrollment-tokens`; DELETE `/v1/enrollment-tokens/{id}` | admin |
 //! | POST, GET | `/v1/api-keys`; DELETE `/v1/api-keys/{id}` | admin |
+//! | GET | `/v1/runs`, `/v1/runs/{id}`, `/v1/runs/{id}/evidence`, `/v1/artifacts/{id}`, `/v1/audit`, `/v1/policy` | viewer (`incidents.rs`) |
+//! | POST | `/v1/runs/{id}/approve`, `/v1/runs/{id}/reject` | operator |
+//! | PUT | `/v1/policy` | admin |
 
 use crate::error::ApiError;
 use crate::extract::{Bearer, JsonBody, Operator};
@@ -40,7 +43,16 @@ type Res<T> = Result<T, ApiError>;
 pub fn router<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
     cp: Arc<ControlPlane<S, K, Q, C>>,
 ) -> Router {
-    Router::new()
+    router_with(cp, Router::new())
+}
+
+/// The router plus `extra` routes (the incident routes), under the same access
+/// log and fallbacks.
+pub fn router_with<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
+    cp: Arc<ControlPlane<S, K, Q, C>>,
+    extra: Router,
+) -> Router {
+    let base: Router = Router::new()
         .route("/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/enroll", post(enroll::<S, K, Q, C>))
@@ -65,11 +77,12 @@ pub fn router<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
             post(create_key::<S, K, Q, C>).get(list_keys::<S, K, Q, C>),
         )
         .route("/v1/api-keys/{id}", delete(revoke_key::<S, K, Q, C>))
+        .with_state(cp);
+    base.merge(extra)
         .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(access_log))
-        .with_state(cp)
 }
 
 async fn access_log(

@@ -16,10 +16,18 @@
 //! | `TETHER_MAX_ATTEMPTS` | retry budget per reconcile need | 3 |
 //! | `TETHER_ACTION_TTL_MS` | lifetime of an unacknowledged action | 3600000 |
 //! | `TETHER_CREDENTIAL_TTL_MS` | agent credential lifetime | 30 days |
+//! | `TETHER_QUEUE_URL_<ROLE>` | the queue of `ANALYZER`, `PLANNER`, `POLICY_GATE`, `EXECUTOR`, `VERIFIER`, `MEMORY` | unset: not sent to |
+//! | `TETHER_VERIFY_DELAY_S` | verifier's wait after an action (SQS delay) | 60 |
+//! | `TETHER_CHECK_ACTIONS_S` | executor's re-check of outstanding actions | 60 |
+//! | `TETHER_MAX_RECEIVES` | tries before the dead-letter queue (match the redrive policy) | 5 |
+//! | `TETHER_INCIDENT_ACTION_TTL_MS` | lifetime of an incident action | 900000 |
+//! | `TETHER_INCIDENT_SUPPRESS_MS` | no second run for the same agent and signal while one is open, up to | 1800000 |
 
 use jsonwebtoken::jwk::JwkSet;
 use std::collections::BTreeMap;
 use tether_core::credential::OperatorJwtConfig;
+use tether_core::incident::artifact::Stage;
+use tether_core::incident::roles::ChainConfig;
 use tether_core::Settings;
 
 /// A source of configuration strings.
@@ -59,6 +67,10 @@ pub struct Config {
     pub signing_secret_id: String,
     pub operator_jwt: Option<OperatorJwtConfig>,
     pub settings: Settings,
+    /// Each role's queue (`TETHER_QUEUE_URL_<ROLE>`; the observer's is the
+    /// observations queue). A function sends only to the queues it is given.
+    pub stage_queue_urls: BTreeMap<Stage, String>,
+    pub chain: ChainConfig,
 }
 
 fn required(s: &impl Strings, name: &'static str) -> Result<String, ConfigError> {
@@ -123,10 +135,40 @@ impl Config {
                 })?,
             }),
         };
+        let observations_queue_url = required(s, "TETHER_QUEUE_URL_OBSERVATIONS")?;
+        let mut stage_queue_urls = BTreeMap::new();
+        stage_queue_urls.insert(Stage::Observer, observations_queue_url.clone());
+        for stage in Stage::ALL.into_iter().skip(1) {
+            let name = format!("TETHER_QUEUE_URL_{}", stage.as_str().to_uppercase());
+            if let Some(url) = s.get(&name) {
+                stage_queue_urls.insert(stage, url);
+            }
+        }
+        let dc = ChainConfig::default();
+        let small = |name: &'static str, default: u32, max: u64| -> Result<u32, ConfigError> {
+            let v = number(s, name, u64::from(default))?;
+            if v > max {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("must be at most {max}"),
+                });
+            }
+            Ok(v as u32)
+        };
+        let chain = ChainConfig {
+            verify_delay_s: small("TETHER_VERIFY_DELAY_S", dc.verify_delay_s, 900)?,
+            check_actions_s: small("TETHER_CHECK_ACTIONS_S", dc.check_actions_s, 900)?,
+            max_receives: small("TETHER_MAX_RECEIVES", dc.max_receives, 1000)?,
+            action_ttl_ms: number(s, "TETHER_INCIDENT_ACTION_TTL_MS", dc.action_ttl_ms)?,
+            suppress_ms: number(s, "TETHER_INCIDENT_SUPPRESS_MS", dc.suppress_ms)?,
+            ..dc
+        };
         Ok(Self {
+            stage_queue_urls,
+            chain,
             table: required(s, "TETHER_TABLE")?,
             bucket: required(s, "TETHER_BUCKET")?,
-            observations_queue_url: required(s, "TETHER_QUEUE_URL_OBSERVATIONS")?,
+            observations_queue_url,
             signing_secret_id: required(s, "TETHER_SIGNING_SECRET_ID")?,
             operator_jwt,
             settings,

@@ -33,7 +33,7 @@ use tether_core::tenant::{AgentId, Role, TenantId};
 use tether_proto::operator::DesiredWorkload;
 use tether_proto::{Action, ActionResult, Inventory, Service};
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// History items live this long after an action finishes.
 const DONE_RETENTION_S: u64 = 30 * 24 * 3600;
@@ -44,8 +44,8 @@ const MAX_LIST_PAGES: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
-    client: Client,
-    table: String,
+    pub(crate) client: Client,
+    pub(crate) table: String,
 }
 
 impl DynamoStore {
@@ -56,26 +56,26 @@ impl DynamoStore {
 
 // ---------- attribute helpers ----------
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: u64) -> AttributeValue {
+pub(crate) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn keyed(k: &Key) -> Item {
+pub(crate) fn keyed(k: &Key) -> Item {
     HashMap::from([("pk".to_owned(), s(&k.pk)), ("sk".to_owned(), s(&k.sk))])
 }
 
-fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+pub(crate) fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
         .ok_or_else(|| StoreError::Corrupt(format!("attribute {name} missing or not a string")))
 }
 
-fn get_n(item: &Item, name: &str) -> Result<u64, StoreError> {
+pub(crate) fn get_n(item: &Item, name: &str) -> Result<u64, StoreError> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
@@ -89,18 +89,18 @@ fn get_bool(item: &Item, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn body<T: for<'de> Deserialize<'de>>(item: &Item) -> Result<T, StoreError> {
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(item: &Item) -> Result<T, StoreError> {
     serde_json::from_str(get_s(item, "body")?)
         .map_err(|e| StoreError::Corrupt(format!("body: {e}")))
 }
 
-fn to_body<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+pub(crate) fn to_body<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     serde_json::to_string(v)
         .map(s)
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn map_err<E, R>(e: SdkError<E, R>) -> StoreError
+pub(crate) fn map_err<E, R>(e: SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -119,7 +119,7 @@ where
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 
-fn epoch_s(ms: u64) -> u64 {
+pub(crate) fn epoch_s(ms: u64) -> u64 {
     ms / 1000
 }
 
@@ -278,7 +278,11 @@ fn action_index(t: &TenantId, item: &mut Item, o: &OutboxItem, agent: &AgentId) 
     item.insert("agent_id".into(), s(agent.as_str()));
 }
 
-fn outbox_item(t: &TenantId, agent: &AgentId, o: &OutboxItem) -> Result<Item, StoreError> {
+pub(crate) fn outbox_item(
+    t: &TenantId,
+    agent: &AgentId,
+    o: &OutboxItem,
+) -> Result<Item, StoreError> {
     let mut item = keyed(&key::outbox(t, agent, &o.action.id));
     item.insert("state".into(), s(o.state.as_str()));
     item.insert(
@@ -318,7 +322,7 @@ fn outbox_from(item: &Item, state: LiveState) -> Result<OutboxItem, StoreError> 
     })
 }
 
-fn action_entry_from(item: &Item) -> Result<ActionEntry, StoreError> {
+pub(crate) fn action_entry_from(item: &Item) -> Result<ActionEntry, StoreError> {
     let state = get_s(item, "state")?;
     let agent =
         AgentId::parse(get_s(item, "agent_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -416,7 +420,7 @@ fn put(table: &str, item: Item, cond: Option<Cond<'_>>) -> Result<TransactWriteI
         .build())
 }
 
-fn key_map(k: &Key) -> Item {
+pub(crate) fn key_map(k: &Key) -> Item {
     keyed(k)
 }
 

@@ -13,12 +13,14 @@
 pub mod config;
 pub mod counter;
 pub mod dynamo;
+pub mod incident;
 pub mod secrets;
 pub mod sqs;
 
 pub use config::{Config, ConfigError, EnvStrings, Strings};
 pub use counter::CallCounter;
 pub use dynamo::DynamoStore;
+pub use incident::{S3Artifacts, SqsStageQueues};
 pub use secrets::SecretsManagerKeys;
 pub use sqs::SqsTelemetrySink;
 

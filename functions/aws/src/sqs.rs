@@ -1,9 +1,11 @@
 //! The observations queue: one SendMessage per poll that carries telemetry.
 //!
 //! Message body: `{"tenant": ..., "agent_id": ..., "windows": [...]}`; consumers
-//! drop duplicates by (agent_id, window seq).
+//! drop duplicates by (agent_id, window seq). A poll that finished incident
+//! actions also sends one `actions_changed` notice per run to the executor queue.
 
-use serde::Serialize;
+pub use tether_core::incident::roles::ObservationMessage;
+use tether_core::incident::run::StageMessage;
 use tether_core::port::{SinkError, TelemetrySink};
 use tether_core::tenant::{AgentId, TenantId};
 use tether_proto::TelemetryWindow;
@@ -12,20 +14,21 @@ use tether_proto::TelemetryWindow;
 pub struct SqsTelemetrySink {
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    executor_queue_url: Option<String>,
 }
 
 impl SqsTelemetrySink {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
-        Self { client, queue_url }
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        queue_url: String,
+        executor_queue_url: Option<String>,
+    ) -> Self {
+        Self {
+            client,
+            queue_url,
+            executor_queue_url,
+        }
     }
-}
-
-/// The message the observer consumes.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct ObservationMessage {
-    pub tenant: String,
-    pub agent_id: String,
-    pub windows: Vec<TelemetryWindow>,
 }
 
 impl TelemetrySink for SqsTelemetrySink {
@@ -48,6 +51,31 @@ impl TelemetrySink for SqsTelemetrySink {
             .send()
             .await
             .map_err(|e| SinkError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        Ok(())
+    }
+
+    async fn incident_actions_finished(
+        &self,
+        t: &TenantId,
+        runs: &[String],
+    ) -> Result<(), SinkError> {
+        let Some(url) = &self.executor_queue_url else {
+            return Err(SinkError("no executor queue configured".into()));
+        };
+        for run in runs {
+            let body = serde_json::to_string(&StageMessage::ActionsChanged {
+                tenant: t.clone(),
+                run_id: run.clone(),
+            })
+            .map_err(|e| SinkError(e.to_string()))?;
+            self.client
+                .send_message()
+                .queue_url(url)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| SinkError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+        }
         Ok(())
     }
 }

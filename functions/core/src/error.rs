@@ -28,6 +28,9 @@ pub enum ControlError {
     NotFound(&'static str),
     #[error("too many concurrent changes; retry")]
     Busy,
+    /// The request is valid but the resource is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -49,6 +52,7 @@ impl ControlError {
             Self::Invalid(_) => "invalid_request",
             Self::NotFound(_) => "not_found",
             Self::Busy => "busy",
+            Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

@@ -97,6 +97,73 @@ pub fn api_key(t: &TenantId, key_id: &str) -> Key {
     }
 }
 
+/// An agent's incident markers: in its partition, outside the poll's range.
+pub fn incident_markers(t: &TenantId, a: &AgentId) -> Key {
+    Key {
+        pk: agent_partition(t, a),
+        sk: "3#incidents".into(),
+    }
+}
+
+pub fn run_partition(t: &TenantId, run_id: &str) -> String {
+    format!("{}RUN#{run_id}", tenant_prefix(t))
+}
+
+/// A run's manifest; its evidence points share the partition (`ev#<seq>`).
+pub fn run(t: &TenantId, run_id: &str) -> Key {
+    Key {
+        pk: run_partition(t, run_id),
+        sk: "manifest".into(),
+    }
+}
+
+pub const EVIDENCE_PREFIX: &str = "ev#";
+
+pub fn evidence(t: &TenantId, run_id: &str, seq: u64) -> Key {
+    Key {
+        pk: run_partition(t, run_id),
+        sk: format!("{EVIDENCE_PREFIX}{seq:020}"),
+    }
+}
+
+pub fn policy(t: &TenantId) -> Key {
+    Key {
+        pk: format!("{}POLICY", tenant_prefix(t)),
+        sk: "policy".into(),
+    }
+}
+
+/// The tenant's executed-actions counter for one hour (the policy's rate limit).
+pub fn rate(t: &TenantId, hour: u64) -> Key {
+    Key {
+        pk: format!("{}RATE", tenant_prefix(t)),
+        sk: format!("h#{hour}"),
+    }
+}
+
+pub fn memory_partition(t: &TenantId) -> String {
+    format!("{}MEMORY", tenant_prefix(t))
+}
+
+/// One run's record under an incident fingerprint, newest last.
+pub fn memory(t: &TenantId, fingerprint: &str, at_ms: u64, run_id: &str) -> Key {
+    Key {
+        pk: memory_partition(t),
+        sk: format!("{fingerprint}#{at_ms:015}#{run_id}"),
+    }
+}
+
+pub fn audit_partition(t: &TenantId) -> String {
+    format!("{}AUDIT", tenant_prefix(t))
+}
+
+pub fn audit(t: &TenantId, at_ms: u64, run_id: &str, action: &str) -> Key {
+    Key {
+        pk: audit_partition(t),
+        sk: format!("{at_ms:015}#{run_id}#{action}"),
+    }
+}
+
 /// Index partitions (`gsi1pk`) that list a tenant's items of one kind.
 pub mod index {
     use super::{tenant_prefix, TenantId};
@@ -113,6 +180,10 @@ pub mod index {
         format!("{}ACTIONS", tenant_prefix(t))
     }
 
+    pub fn runs(t: &TenantId) -> String {
+        format!("{}RUNS", tenant_prefix(t))
+    }
+
     /// Sort key for actions: creation time first, so listings come newest-last.
     pub fn action_sort(created_at_ms: u64, action_id: &str) -> String {
         format!("{created_at_ms:015}#{action_id}")
@@ -125,6 +196,11 @@ pub mod object {
 
     pub fn payload(t: &TenantId, sha256_hex: &str) -> String {
         format!("T/{}/payload/{sha256_hex}", t.as_str())
+    }
+
+    /// An artifact, by the sha256 of its bytes.
+    pub fn artifact(t: &TenantId, sha256_hex: &str) -> String {
+        format!("T/{}/artifacts/{sha256_hex}.json", t.as_str())
     }
 }
 
@@ -151,11 +227,29 @@ mod tests {
             desired_workload(&t, "host:/usr/bin/python3"),
             enrollment_token(&t, "tok"),
             api_key(&t, "key"),
+            incident_markers(&t, &a),
+            run(&t, "run_1"),
+            evidence(&t, "run_1", 7),
+            policy(&t),
+            rate(&t, 1),
+            memory(&t, "fp_1", 1, "run_1"),
+            audit(&t, 1, "run_1", "plan_approved"),
         ];
         for k in keys {
             assert!(k.pk.starts_with("T#acme#"), "{k:?}");
         }
-        for pk in [index::agents(&t), index::services(&t), index::actions(&t)] {
+        let sk = incident_markers(&t, &a).sk;
+        assert!(
+            !(POLL_RANGE_START..=POLL_RANGE_END).contains(&sk.as_str()),
+            "markers stay out of the poll's read"
+        );
+        assert_eq!(object::artifact(&t, "ab"), "T/acme/artifacts/ab.json");
+        for pk in [
+            index::agents(&t),
+            index::services(&t),
+            index::actions(&t),
+            index::runs(&t),
+        ] {
             assert!(pk.starts_with("T#acme#"), "{pk}");
         }
         assert_eq!(object::payload(&t, "ab"), "T/acme/payload/ab");

@@ -7,6 +7,7 @@
 
 pub mod credential;
 pub mod error;
+pub mod incident;
 pub mod key;
 pub mod model;
 pub mod poll;

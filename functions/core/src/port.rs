@@ -195,7 +195,9 @@ pub trait FleetQuery: Send + Sync + 'static {
 #[error("telemetry queue unavailable: {0}")]
 pub struct SinkError(pub String);
 
-/// Hands telemetry windows to the observations queue: one call per poll at most.
+/// The queues the poll hands work to: telemetry windows to the observations
+/// queue (one call per poll at most) and, only on a poll that finished incident
+/// actions, a notice to the executor.
 pub trait TelemetrySink: Send + Sync + 'static {
     fn send(
         &self,
@@ -203,6 +205,16 @@ pub trait TelemetrySink: Send + Sync + 'static {
         a: &AgentId,
         windows: &[TelemetryWindow],
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Incident runs whose actions this poll finished.
+    fn incident_actions_finished(
+        &self,
+        t: &TenantId,
+        runs: &[String],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = (t, runs);
+        async { Ok(()) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -22,7 +22,7 @@ use crate::model::{AgentRecord, ApiKeyRecord, DesiredEntry, DesiredSet, Enrollme
 use crate::poll::{plan_poll, PollSettings};
 use crate::port::{
     ActionEntry, AgentStore, Clock, CredentialStore, DesiredStore, FleetQuery, KeySource,
-    StoreError, TelemetrySink,
+    StoreError, TelemetrySink, Transition,
 };
 use crate::tenant::{AgentId, Principal, Role, TenantId};
 use std::collections::{BTreeSet, HashMap};
@@ -272,6 +272,27 @@ where
         };
         for h in &plan.held {
             info!(tenant = %id.tenant, agent_id = %id.agent, workload = %h.workload_key, kind = h.kind, reason = h.reason, "reconcile need held");
+        }
+        // Incident actions that just finished: tell the executor now (its periodic
+        // check is the safety net if this send is lost). Nothing is sent otherwise.
+        let mut runs: Vec<String> = plan
+            .commit
+            .iter()
+            .flat_map(|c| &c.transitions)
+            .filter_map(|t| match t {
+                Transition::Finish { done, .. } => {
+                    crate::incident::run::run_of_key(&done.item.action.idempotency_key)
+                        .map(str::to_owned)
+                }
+                Transition::Advance { .. } => None,
+            })
+            .collect();
+        runs.sort();
+        runs.dedup();
+        if !runs.is_empty() {
+            if let Err(error) = self.sink.incident_actions_finished(&id.tenant, &runs).await {
+                warn!(tenant = %id.tenant, agent_id = %id.agent, %error, "executor not notified; its periodic check will pick the result up");
+            }
         }
         let mut response = plan.response;
         if !plan.telemetry.is_empty() {

@@ -3,7 +3,9 @@
 //!
 //! - `tether-local serve [--addr 127.0.0.1:8080]`: the `api` router over TCP, plus
 //!   `GET /_local/aws-calls` (the AWS calls made so far, per operation; local only,
-//!   never deployed). Stops cleanly on SIGTERM or Ctrl-C.
+//!   never deployed), and every incident role whose queue is configured as an SQS
+//!   consumer (`TETHER_LOCAL_RETRY_S`, default 2: how soon a failed message is
+//!   retried). Stops cleanly on SIGTERM or Ctrl-C.
 //! - `tether-local bootstrap --tenant T [--uses N]`: creates an admin API key and an
 //!   enrollment token for a tenant directly in the table, and prints them as JSON:
 //!   the first credentials of a fresh installation.
@@ -16,7 +18,9 @@
 use anyhow::{bail, Context, Result};
 use axum::routing::get;
 use axum::{Json, Router};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tether_aws::{CallCounter, Clients, Config, EnvStrings, SecretsManagerKeys};
 use tether_core::port::{Clock, SystemClock};
 use tether_core::tenant::TenantId;
@@ -74,7 +78,34 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 async fn serve(config: &Config, clients: &Clients, addr: &str) -> Result<()> {
     let (plane, calls) = tether_api::build(config, clients);
-    let app = tether_api::router(plane).merge(local_routes(calls));
+    let chain = tether_api::build_chain(config, clients);
+    let app = tether_api::app(plane, chain.clone()).merge(local_routes(calls));
+    let stop = Arc::new(AtomicBool::new(false));
+    let retry_after = Duration::from_secs(
+        std::env::var("TETHER_LOCAL_RETRY_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+    );
+    let mut consumers = Vec::new();
+    let chain_configured = config.stage_queue_urls.len() > 1;
+    for (stage, url) in &config.stage_queue_urls {
+        // The observations queue feeds the chain only when the chain's queues exist.
+        if !chain_configured {
+            break;
+        }
+        let c = tether_roles::Consumer {
+            stage: *stage,
+            queue_url: url.clone(),
+            wait: Duration::from_secs(1),
+            retry_after,
+        };
+        consumers.push(tokio::spawn(c.run(
+            chain.clone(),
+            clients.sqs.clone(),
+            stop.clone(),
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -86,6 +117,10 @@ async fn serve(config: &Config, clients: &Clients, addr: &str) -> Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving")?;
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = c.await;
+    }
     info!("stopped");
     Ok(())
 }

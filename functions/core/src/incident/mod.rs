@@ -1,0 +1,10 @@
+//! The incident chain's domain: artifacts, the observer's windows, the rule and
+//! runbook catalogs, the Rego policy gate, and the roles as use cases over ports.
+//! See `docs/artifacts.md`.
+
+pub mod artifact;
+pub mod catalog;
+pub mod observe;
+pub mod policy;
+pub mod roles;
+pub mod run;

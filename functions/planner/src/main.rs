@@ -1,0 +1,10 @@
+//! The `planner` Lambda: the incident chain's planner role on its SQS queue.
+// The Lambda runtime's future around the chain's handlers nests deeply.
+#![recursion_limit = "256"]
+
+use tether_core::incident::artifact::Stage;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tether_roles::lambda_main(Stage::Planner).await
+}

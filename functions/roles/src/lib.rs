@@ -1,0 +1,157 @@
+//! Wiring of the incident roles, shared by the seven role functions and the
+//! local runner. The handlers themselves live in `tether_core::incident::roles`.
+//!
+//! Invariants:
+//! - A message is deleted (locally) or left out of the batch failures (on Lambda)
+//!   only after its handler succeeded; a failed one comes back after the queue's
+//!   visibility timeout (locally: after `retry_after`), and after the redrive
+//!   policy's `maxReceiveCount` tries it is in the dead-letter queue, its run
+//!   marked failed with the reason by the last try.
+//! - Each function's `main` only calls [`lambda_main`] with its role.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use lambda_runtime::{service_fn, LambdaEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tether_aws::{Clients, Config, DynamoStore, EnvStrings, S3Artifacts, SqsStageQueues};
+use tether_core::incident::artifact::Stage;
+use tether_core::port::SystemClock;
+
+/// The incident chain as deployed: DynamoDB, S3, SQS, the system clock.
+pub type Chain =
+    tether_core::incident::roles::Chain<DynamoStore, S3Artifacts, SqsStageQueues, SystemClock>;
+
+/// Wires the chain from configuration and clients built once.
+pub fn build_chain(config: &Config, clients: &Clients) -> Arc<Chain> {
+    Arc::new(Chain::new(
+        DynamoStore::new(clients.dynamodb.clone(), config.table.clone()),
+        S3Artifacts::new(clients.s3.clone(), config.bucket.clone()),
+        SqsStageQueues::new(clients.sqs.clone(), config.stage_queue_urls.clone()),
+        SystemClock,
+        config.chain.clone(),
+    ))
+}
+
+fn receive_count(attrs: &std::collections::HashMap<String, String>) -> u32 {
+    attrs
+        .get("ApproximateReceiveCount")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// One Lambda invocation: every record handled, failures reported per item.
+pub async fn handle_event(chain: &Chain, stage: Stage, event: SqsEvent) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let body = record.body.as_deref().unwrap_or_default();
+        let tries = receive_count(&record.attributes);
+        if chain.handle_delivery(stage, body, tries).await.is_err() {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            failures.push(f);
+        }
+    }
+    let mut r = SqsBatchResponse::default();
+    r.batch_item_failures = failures;
+    r
+}
+
+/// A role function's whole `main`: JSON logs, config, clients, the SQS handler.
+pub async fn lambda_main(stage: Stage) -> Result<(), lambda_runtime::Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .without_time()
+        .init();
+    let config = Config::from_strings(&EnvStrings)?;
+    let clients = Clients::from_env().await;
+    let chain = build_chain(&config, &clients);
+    lambda_runtime::run(service_fn(move |e: LambdaEvent<SqsEvent>| {
+        let chain = chain.clone();
+        async move { Ok::<_, lambda_runtime::Error>(handle_event(&chain, stage, e.payload).await) }
+    }))
+    .await
+}
+
+/// The local runner's consumer for one role: long-polls its queue until `stop`.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub stage: Stage,
+    pub queue_url: String,
+    /// Long-poll wait per receive.
+    pub wait: Duration,
+    /// How soon a failed message is visible again (Lambda: the queue's visibility
+    /// timeout).
+    pub retry_after: Duration,
+}
+
+impl Consumer {
+    pub async fn run(self, chain: Arc<Chain>, sqs: aws_sdk_sqs::Client, stop: Arc<AtomicBool>) {
+        tracing::info!(role = self.stage.as_str(), queue = %self.queue_url, "consumer started");
+        while !stop.load(Ordering::Relaxed) {
+            let out = sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(self.wait.as_secs() as i32)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await;
+            let messages = match out {
+                Ok(o) => o.messages.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(role = self.stage.as_str(), error = %aws_sdk_sqs::error::DisplayErrorContext(e), "receive failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut done = Vec::new();
+            for (i, m) in messages.iter().enumerate() {
+                let tries = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let body = m.body.as_deref().unwrap_or_default();
+                let Some(handle) = m.receipt_handle.clone() else {
+                    continue;
+                };
+                match chain.handle_delivery(self.stage, body, tries).await {
+                    Ok(()) => done.push(
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(handle)
+                            .build(),
+                    ),
+                    Err(_) => {
+                        let _ = sqs
+                            .change_message_visibility()
+                            .queue_url(&self.queue_url)
+                            .receipt_handle(handle)
+                            .visibility_timeout(self.retry_after.as_secs() as i32)
+                            .send()
+                            .await;
+                    }
+                }
+            }
+            let entries: Vec<_> = done.into_iter().filter_map(Result::ok).collect();
+            if !entries.is_empty() {
+                if let Err(e) = sqs
+                    .delete_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                {
+                    // Not deleted: redelivered later, and the handlers are idempotent.
+                    tracing::warn!(role = self.stage.as_str(), error = %aws_sdk_sqs::error::DisplayErrorContext(e), "delete failed");
+                }
+            }
+        }
+        tracing::info!(role = self.stage.as_str(), "consumer stopped");
+    }
+}

@@ -1,0 +1,593 @@
+//! The incident chain end to end: a scripted agent (the agent's telemetry
+//! generator, over the real poll) drives a host into a fault; the real runner
+//! hosts every role as an SQS consumer on the emulator; operators act through
+//! the real HTTP routes.
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tether_e2e::{Emulator, Http, Runner, Stack};
+
+const SETTINGS: &[(&str, &str)] = &[
+    ("TETHER_DESIRED_CACHE_TTL_MS", "600000"),
+    ("TETHER_POLL_INTERVAL_MS", "5000"),
+    ("TETHER_VERIFY_DELAY_S", "1"),
+    ("TETHER_CHECK_ACTIONS_S", "2"),
+    ("TETHER_LOCAL_RETRY_S", "1"),
+    ("TETHER_MAX_RECEIVES", "3"),
+];
+
+struct World {
+    stack: Stack,
+    runner: Runner,
+    http: Http,
+    key: String,
+    token: String,
+}
+
+async fn world(tenant: &str) -> World {
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let runner = Runner::start(emu, &stack, SETTINGS);
+    let (key, token) = runner.bootstrap(tenant);
+    let http = runner.http();
+    World {
+        stack,
+        runner,
+        http,
+        key,
+        token,
+    }
+}
+
+/// The agent side: enroll, then polls carrying telemetry windows and results.
+struct Agent {
+    id: String,
+    credential: String,
+    seq: u64,
+    window: u64,
+}
+
+impl Agent {
+    fn enroll(http: &Http, token: &str) -> Self {
+        let r = http.post(
+            "/v1/enroll",
+            None,
+            &json!({"protocol": 1, "token": token, "hostname": "gpu-7", "agent_version": "0.1.0"}),
+        );
+        assert_eq!(r.status, 201, "{:?}", r.json);
+        Self {
+            id: r.json["agent_id"].as_str().expect("id").into(),
+            credential: r.json["credential"].as_str().expect("credential").into(),
+            seq: 0,
+            window: 0,
+        }
+    }
+
+    fn poll(&mut self, http: &Http, telemetry: Vec<Value>, results: Vec<Value>) -> Value {
+        self.seq += 1;
+        let body = json!({
+            "protocol": 1, "agent_id": self.id, "seq": self.seq,
+            "services_hash": tether_proto::services_hash(&[]),
+            "services": [],
+            "heartbeat": {"agent_version": "0.1.0"},
+            "results": results, "telemetry": telemetry,
+        });
+        let r = http.post("/v1/poll", Some(&self.credential), &body);
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        r.json
+    }
+
+    /// Sends one telemetry window with these metrics and events.
+    fn window(&mut self, http: &Http, metrics: Value, events: &[&str]) -> Value {
+        self.window += 1;
+        let end = tether_e2e::now_ms();
+        let w = json!({"seq": self.window, "start_ms": end - 30_000, "end_ms": end,
+                       "metrics": metrics, "events": events});
+        let r = self.poll(http, vec![w], vec![]);
+        assert_eq!(
+            r["ack"]["telemetry"],
+            json!([self.window]),
+            "telemetry acknowledged"
+        );
+        r
+    }
+
+    /// Polls until actions arrive (or the deadline); answers each with a final result.
+    fn run_actions(&mut self, http: &Http, status: &str) -> Vec<Value> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.poll(http, vec![], vec![]);
+            let actions = r["actions"].as_array().cloned().unwrap_or_default();
+            if !actions.is_empty() {
+                let results: Vec<Value> = actions
+                    .iter()
+                    .flat_map(|a| {
+                        let status = if a["mode"] == "dry_run" { "dry_run" } else { status };
+                        [
+                            json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "received"}),
+                            json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "final",
+                                   "status": status, "exit_code": 0, "message": format!("{} done", a["kind"])}),
+                        ]
+                    })
+                    .collect();
+                let acked = self.poll(http, vec![], results);
+                assert!(
+                    acked["actions"].as_array().is_none_or(|a| a.is_empty()),
+                    "an answered action is not handed out again: {acked}"
+                );
+                return actions;
+            }
+            assert!(Instant::now() < until, "no action reached the agent");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn runs(w: &World) -> Vec<Value> {
+    let r = w.http.get("/v1/runs", Some(&w.key));
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    r.json["runs"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the run of `family` reaches `status`.
+fn wait_run(w: &World, family: &str, status: &str) -> Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = runs(w).into_iter().find(|r| r["family"] == family) {
+            if r["status"] == status {
+                return r;
+            }
+            assert!(
+                r["status"] != "failed" || status == "failed",
+                "run failed: {r}"
+            );
+            if Instant::now() > until {
+                panic!("run {family} is {} not {status}: {r}", r["status"]);
+            }
+        } else if Instant::now() > until {
+            panic!("no run for {family}: {:?}", runs(w));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn artifact(w: &World, id: &str) -> Value {
+    let r = w.http.get(&format!("/v1/artifacts/{id}"), Some(&w.key));
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    r.json
+}
+
+fn chain_kinds(run: &Value) -> Vec<String> {
+    run["chain"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .map(|l| l["kind"].as_str().expect("kind").to_owned())
+        .collect()
+}
+
+fn link<'a>(run: &'a Value, kind: &str) -> &'a str {
+    run["chain"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .find(|l| l["kind"] == kind)
+        .and_then(|l| l["id"].as_str())
+        .unwrap_or_else(|| panic!("no {kind} in {run}"))
+}
+
+const FULL_CHAIN: [&str; 8] = [
+    "observation_summary",
+    "anomaly_finding",
+    "root_cause_hypothesis",
+    "remediation_proposal",
+    "execution_plan",
+    "execution_result",
+    "verification_result",
+    "incident_report",
+];
+
+fn set_policy(w: &World, settings: Value) {
+    let r = w
+        .http
+        .put("/v1/policy", Some(&w.key), &json!({"settings": settings}));
+    assert_eq!(r.status, 200, "{:?}", r.json);
+}
+
+fn approve(w: &World, run: &str) -> Value {
+    let r = w.http.post(
+        &format!("/v1/runs/{run}/approve"),
+        Some(&w.key),
+        &json!({"comment": "go"}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    r.json
+}
+
+#[tokio::test]
+async fn a_filling_disk_goes_through_the_whole_chain_once() {
+    let w = world("acme").await;
+    set_policy(&w, json!({"dry_run": false}));
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(
+        &w.http,
+        json!({"fs.root.used_pct": 61.0, "cpu.busy_pct": 12.0}),
+        &[],
+    );
+    agent.window(
+        &w.http,
+        json!({"fs.root.used_pct": 97.5, "cpu.busy_pct": 12.0}),
+        &[],
+    );
+    // Still full: the same episode, no second run.
+    agent.window(&w.http, json!({"fs.root.used_pct": 98.0}), &[]);
+
+    let run = wait_run(&w, "disk_full", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("run id").to_owned();
+    assert_eq!(chain_kinds(&run), FULL_CHAIN[..5].to_vec());
+    let hyp = artifact(&w, link(&run, "root_cause_hypothesis"));
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "disk_full");
+    assert_eq!(hyp["schema_version"], 1);
+    assert_eq!(hyp["producer"], "analyzer");
+    let plan = artifact(&w, link(&run, "execution_plan"));
+    let decisions = plan["body"]["decisions"].as_array().expect("decisions");
+    let verdicts: Vec<(&str, &str)> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["action"].as_str().expect("a"),
+                d["verdict"].as_str().expect("v"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            ("collect_evidence", "require_approval"),
+            ("rotate_logs", "require_approval"),
+            ("vacuum_journal", "block")
+        ],
+        "the default policy stops at approval and blocks the destructive step"
+    );
+    assert!(decisions[2]["reasons"][0]
+        .as_str()
+        .expect("reason")
+        .contains("destructive"));
+
+    // Nothing reaches the agent before approval.
+    let before = agent.poll(&w.http, vec![], vec![]);
+    assert_eq!(before["actions"], json!([]));
+
+    // A viewer may not approve; another tenant cannot even see the run.
+    let viewer = w
+        .http
+        .post("/v1/api-keys", Some(&w.key), &json!({"role": "viewer"}));
+    let viewer_key = viewer.json["key"].as_str().expect("viewer key").to_owned();
+    let denied = w.http.post(
+        &format!("/v1/runs/{id}/approve"),
+        Some(&viewer_key),
+        &json!({}),
+    );
+    assert_eq!((denied.status, denied.code()), (403, "forbidden"));
+    let (other_key, _) = w.runner.bootstrap("globex");
+    let hidden = w.http.get(&format!("/v1/runs/{id}"), Some(&other_key));
+    assert_eq!((hidden.status, hidden.code()), (404, "not_found"));
+    let hidden = w.http.get(
+        &format!("/v1/artifacts/{}", link(&run, "execution_plan")),
+        Some(&other_key),
+    );
+    assert_eq!((hidden.status, hidden.code()), (404, "not_found"));
+    assert_eq!(
+        w.http.get("/v1/runs", Some(&other_key)).json["runs"],
+        json!([])
+    );
+
+    approve(&w, &id);
+    let again = w
+        .http
+        .post(&format!("/v1/runs/{id}/approve"), Some(&w.key), &json!({}));
+    assert_eq!((again.status, again.code()), (409, "conflict"));
+
+    let actions = agent.run_actions(&w.http, "succeeded");
+    let kinds: Vec<&str> = actions
+        .iter()
+        .map(|a| a["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, vec!["collect_evidence", "rotate_logs"]);
+    assert!(actions.iter().all(|a| a["mode"] == "execute"));
+    assert!(actions.iter().all(|a| a["idempotency_key"]
+        .as_str()
+        .expect("key")
+        .starts_with(&format!("inc:{id}:"))));
+
+    // The verifier waits for fresh evidence: the disk is better now.
+    let until = Instant::now() + Duration::from_secs(20);
+    while w.http.get(&format!("/v1/runs/{id}"), Some(&w.key)).json["status"] == "executing" {
+        assert!(Instant::now() < until, "execution result never recorded");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    agent.window(&w.http, json!({"fs.root.used_pct": 62.0}), &[]);
+    let closed = wait_run(&w, "disk_full", "closed");
+    assert_eq!(closed["outcome"], "resolved");
+    assert_eq!(
+        chain_kinds(&closed),
+        FULL_CHAIN.to_vec(),
+        "every artifact, in order"
+    );
+    let verification = artifact(&w, link(&closed, "verification_result"));
+    assert_eq!(
+        verification["body"]["verdict"], "improved",
+        "{verification}"
+    );
+    assert_eq!(verification["body"]["after"], 62.0);
+    let report = artifact(&w, link(&closed, "incident_report"));
+    let listed: Vec<&str> = report["body"]["chain"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .map(|c| c["kind"].as_str().expect("k"))
+        .collect();
+    assert_eq!(listed, FULL_CHAIN[..7].to_vec());
+    let evidence = w.http.get(&format!("/v1/runs/{id}/evidence"), Some(&w.key));
+    let values: Vec<f64> = evidence.json["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["metrics"]["fs.root.used_pct"].as_f64().expect("v"))
+        .collect();
+    assert_eq!(
+        values,
+        vec![97.5, 98.0, 62.0],
+        "before and after, for the charts"
+    );
+    let audit = w.http.get("/v1/audit", Some(&w.key));
+    let entries: Vec<&str> = audit.json["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().expect("a"))
+        .collect();
+    assert!(
+        entries.contains(&"plan_approved") && entries.contains(&"approval_requested"),
+        "{entries:?}"
+    );
+
+    // Duplicate delivery at every stage changes nothing.
+    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let msg = |t: &str, extra: Value| {
+        let mut m = json!({"type": t, "tenant": "acme", "run_id": id});
+        for (k, v) in extra.as_object().expect("object") {
+            m[k] = v.clone();
+        }
+        m.to_string()
+    };
+    let q = |name: &str| w.stack.stage_queues[name].0.clone();
+    let sends = [
+        (
+            q("analyzer"),
+            msg(
+                "artifact",
+                json!({"artifact_id": link(&closed, "observation_summary")}),
+            ),
+        ),
+        (
+            q("planner"),
+            msg(
+                "artifact",
+                json!({"artifact_id": link(&closed, "root_cause_hypothesis")}),
+            ),
+        ),
+        (
+            q("policy-gate"),
+            msg(
+                "artifact",
+                json!({"artifact_id": link(&closed, "remediation_proposal")}),
+            ),
+        ),
+        (q("executor"), msg("approved", json!({}))),
+        (q("executor"), msg("actions_changed", json!({}))),
+        (q("verifier"), msg("verify", json!({"attempt": 0}))),
+        (
+            q("memory"),
+            msg(
+                "artifact",
+                json!({"artifact_id": link(&closed, "verification_result")}),
+            ),
+        ),
+    ];
+    for (url, body) in sends {
+        sqs.send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let after = w.http.get(&format!("/v1/runs/{id}"), Some(&w.key)).json;
+    assert_eq!(after["chain"], closed["chain"], "no second artifact");
+    assert_eq!(after["status"], "closed");
+    let poll = agent.poll(&w.http, vec![], vec![]);
+    assert_eq!(poll["actions"], json!([]), "no second action");
+    let listed = w.http.get("/v1/actions", Some(&w.key)).json;
+    assert_eq!(listed["actions"].as_array().map(Vec::len), Some(2));
+    assert_eq!(runs(&w).len(), 1, "one run for one episode");
+}
+
+#[tokio::test]
+async fn memory_pressure_under_the_default_policy_dry_runs_and_says_nothing_changed() {
+    let w = world("acme").await;
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"mem.used_pct": 96.0}), &[]);
+    let run = wait_run(&w, "memory_pressure", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id").to_owned();
+    let plan = artifact(&w, link(&run, "execution_plan"));
+    assert_eq!(plan["body"]["decisions"][1]["action"], "restart_service");
+    assert_eq!(
+        plan["body"]["decisions"][1]["verdict"], "block",
+        "impactful: blocked by default"
+    );
+    approve(&w, &id);
+    let actions = agent.run_actions(&w.http, "succeeded");
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0]["mode"], "dry_run", "dry-run is the default");
+    wait_run(&w, "memory_pressure", "verifying");
+    agent.window(&w.http, json!({"mem.used_pct": 96.5}), &[]);
+    let closed = wait_run(&w, "memory_pressure", "closed");
+    let v = artifact(&w, link(&closed, "verification_result"));
+    assert_eq!(v["body"]["verdict"], "unchanged", "{v}");
+    assert!(v["body"]["why"]
+        .as_str()
+        .expect("why")
+        .contains("no action changed the host"));
+    let result = artifact(&w, link(&closed, "execution_result"));
+    let states: Vec<&str> = result["body"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].as_str().expect("s"))
+        .collect();
+    assert_eq!(states, vec!["dry_run", "skipped"]);
+}
+
+#[tokio::test]
+async fn gpu_xid_llm_429_and_an_expired_approval_each_end_as_they_should() {
+    let w = world("acme").await;
+    set_policy(&w, json!({"dry_run": false, "approval_ttl_s": 600}));
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"gpu.xid_errors": 2.0}), &["gpu_xid"]);
+    let gpu = wait_run(&w, "gpu_xid", "awaiting_approval");
+    let hyp = artifact(&w, link(&gpu, "root_cause_hypothesis"));
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "gpu_xid");
+    let plan = artifact(&w, link(&gpu, "execution_plan"));
+    assert_eq!(plan["body"]["decisions"][1]["action"], "reset_gpu");
+    assert_eq!(plan["body"]["decisions"][1]["verdict"], "block");
+
+    // An LLM endpoint answering 429s: the operator rejects the plan.
+    agent.window(
+        &w.http,
+        json!({"llm.errors_429": 40.0, "llm.calls": 50.0}),
+        &[],
+    );
+    let llm = wait_run(&w, "llm_errors", "awaiting_approval");
+    let hyp = artifact(&w, link(&llm, "root_cause_hypothesis"));
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "llm_error_storm");
+    let llm_id = llm["run_id"].as_str().expect("id");
+    let r = w.http.post(
+        &format!("/v1/runs/{llm_id}/reject"),
+        Some(&w.key),
+        &json!({"comment": "provider incident"}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let closed = wait_run(&w, "llm_errors", "closed");
+    assert_eq!(closed["outcome"], "rejected");
+    assert_eq!(closed["approval"]["decision"], "rejected");
+
+    // GPU: approved, the read-only step runs, the XIDs stop.
+    approve(&w, gpu["run_id"].as_str().expect("id"));
+    let actions = agent.run_actions(&w.http, "succeeded");
+    assert_eq!(
+        actions.len(),
+        1,
+        "the destructive reset never reaches the agent"
+    );
+    assert_eq!(actions[0]["kind"], "collect_evidence");
+    wait_run(&w, "gpu_xid", "verifying");
+    agent.window(&w.http, json!({"gpu.xid_errors": 0.0}), &[]);
+    let closed = wait_run(&w, "gpu_xid", "closed");
+    assert_eq!(closed["outcome"], "resolved");
+
+    // A crash-looping unit whose approval nobody gives: the run expires.
+    set_policy(&w, json!({"approval_ttl_s": 2}));
+    agent.window(
+        &w.http,
+        json!({"svc.restarts.systemd:chat.service": 6.0}),
+        &[],
+    );
+    let cl = wait_run(&w, "crash_loop", "closed");
+    assert_eq!(cl["outcome"], "expired");
+    let hyp = artifact(&w, link(&cl, "root_cause_hypothesis"));
+    assert_eq!(
+        hyp["body"]["hypotheses"][0]["subject"],
+        "systemd:chat.service"
+    );
+    assert_eq!(agent.poll(&w.http, vec![], vec![])["actions"], json!([]));
+    let audit = w.http.get("/v1/audit", Some(&w.key)).json;
+    assert!(audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .any(|e| e["action"] == "approval_expired"));
+}
+
+#[tokio::test]
+async fn a_poison_message_ends_in_the_dlq_and_fails_its_run() {
+    let w = world("acme").await;
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"cpu.busy_pct": 99.0}), &[]);
+    let run = wait_run(&w, "cpu_saturation", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id");
+    let forged = format!("art_{}", "0".repeat(64));
+    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let (url, dlq) = w.stack.stage_queues["memory"].clone();
+    sqs.send_message()
+        .queue_url(url)
+        .message_body(
+            json!({"type": "artifact", "tenant": "acme", "run_id": id, "artifact_id": forged})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("send");
+    let failed = wait_run(&w, "cpu_saturation", "failed");
+    let reason = failed["failure"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("memory gave up after 3 tries") && reason.contains("not part of run"),
+        "{reason}"
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        if let Some(m) = got.messages().first() {
+            assert!(m.body().unwrap_or_default().contains(&forged));
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the poison message never reached the DLQ"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_runner_killed_mid_chain_resumes_on_redelivery_without_duplicates() {
+    let mut w = world("acme").await;
+    set_policy(&w, json!({"dry_run": false, "require_approval": false}));
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"psi.io.full_avg10": 55.0}), &[]);
+    // Kill the runner while the chain is in flight, then restart it.
+    std::thread::sleep(Duration::from_millis(400));
+    w.runner.kill();
+    w.runner.restart();
+    w.http = w.runner.http();
+    let actions = agent.run_actions(&w.http, "succeeded");
+    assert_eq!(
+        actions.len(),
+        1,
+        "one action despite the crash: {actions:?}"
+    );
+    wait_run(&w, "io_stall", "verifying");
+    agent.window(&w.http, json!({"psi.io.full_avg10": 3.0}), &[]);
+    let closed = wait_run(&w, "io_stall", "closed");
+    assert_eq!(closed["outcome"], "resolved");
+    assert_eq!(chain_kinds(&closed), FULL_CHAIN.to_vec());
+    assert_eq!(runs(&w).len(), 1);
+    let listed = w.http.get("/v1/actions", Some(&w.key)).json;
+    assert_eq!(listed["actions"].as_array().map(Vec::len), Some(1));
+}
