@@ -591,3 +591,160 @@ async fn a_runner_killed_mid_chain_resumes_on_redelivery_without_duplicates() {
     let listed = w.http.get("/v1/actions", Some(&w.key)).json;
     assert_eq!(listed["actions"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn bad_input_on_incident_routes_gets_a_stable_error_and_changes_nothing() {
+    let w = world("acme").await;
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"cpu.busy_pct": 99.0}), &[]);
+    let run = wait_run(&w, "cpu_saturation", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id").to_owned();
+    let approve_path = format!("/v1/runs/{id}/approve");
+    let operator = w
+        .http
+        .post("/v1/api-keys", Some(&w.key), &json!({"role": "operator"}));
+    let operator_key = operator.json["key"].as_str().expect("key").to_owned();
+    let before = w.stack.table_snapshot().await;
+
+    let (head, last) = w.key.split_at(w.key.len() - 1);
+    let forged = format!("{head}{}", if last == "0" { "1" } else { "0" });
+    let cases: Vec<(&str, tether_e2e::http::Reply, u16, &str)> = vec![
+        (
+            "no credential",
+            w.http.get("/v1/runs", None),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "forged key",
+            w.http.get("/v1/runs", Some(&forged)),
+            401,
+            "invalid_credential",
+        ),
+        (
+            "agent credential",
+            w.http.get("/v1/runs", Some(&agent.credential)),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "malformed json",
+            w.http
+                .post_raw(&approve_path, Some(&w.key), b"{\"comment\":"),
+            400,
+            "malformed_json",
+        ),
+        (
+            "unknown field",
+            w.http
+                .post(&approve_path, Some(&w.key), &json!({"approve": true})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "oversized",
+            w.http.post_raw(
+                &approve_path,
+                Some(&w.key),
+                format!(
+                    "{{\"comment\":\"{}\"}}",
+                    "x".repeat(tether_proto::MAX_REQUEST_BYTES)
+                )
+                .as_bytes(),
+            ),
+            413,
+            "body_too_large",
+        ),
+        (
+            "long comment",
+            w.http.post(
+                &approve_path,
+                Some(&w.key),
+                &json!({"comment": "x".repeat(1001)}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown run",
+            w.http.post(
+                "/v1/runs/run_000000000000000000000000/approve",
+                Some(&w.key),
+                &json!({}),
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            "bad artifact id",
+            w.http.get("/v1/artifacts/../../etc", Some(&w.key)),
+            404,
+            "not_found",
+        ),
+        (
+            "artifact id shape",
+            w.http.get("/v1/artifacts/art_xyz", Some(&w.key)),
+            400,
+            "invalid_request",
+        ),
+        (
+            "policy by an operator",
+            w.http.put(
+                "/v1/policy",
+                Some(&operator_key),
+                &json!({"settings": {"dry_run": false}}),
+            ),
+            403,
+            "forbidden",
+        ),
+        (
+            "policy that does not compile",
+            w.http.put(
+                "/v1/policy",
+                Some(&w.key),
+                &json!({"rego": "package tether.gate\ndecision := {"}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "policy without a decision",
+            w.http.put(
+                "/v1/policy",
+                Some(&w.key),
+                &json!({"rego": "package other\nx := 1"}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "policy of the wrong type",
+            w.http.put(
+                "/v1/policy",
+                Some(&w.key),
+                &json!({"settings": {"dry_run": "no"}}),
+            ),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (what, r, status, code) in cases {
+        assert_eq!((r.status, r.code()), (status, code), "{what}: {:?}", r.json);
+        assert!(
+            !r.json["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        w.stack.table_snapshot().await,
+        before,
+        "bad input changed state"
+    );
+    let policy = w.http.get("/v1/policy", Some(&w.key)).json;
+    assert_eq!(policy["rego"], Value::Null, "still the default policy");
+    let still = w.http.get(&format!("/v1/runs/{id}"), Some(&w.key)).json;
+    assert_eq!(still["status"], "awaiting_approval");
+}
