@@ -748,3 +748,58 @@ async fn bad_input_on_incident_routes_gets_a_stable_error_and_changes_nothing() 
     let still = w.http.get(&format!("/v1/runs/{id}"), Some(&w.key)).json;
     assert_eq!(still["status"], "awaiting_approval");
 }
+
+fn tetherctl(w: &World, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(tether_e2e::workspace_bin("tetherctl"))
+        .args(["--url", &w.runner.url, "--token", &w.key])
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("run tetherctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tetherctl_lists_shows_the_timeline_and_approves() {
+    let w = world("acme").await;
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"gpu.0.temp_c": 93.0}), &[]);
+    let run = wait_run(&w, "gpu_thermal", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id");
+
+    let (code, out, err) = tetherctl(&w, &["-o", "json", "runs"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed["runs"][0]["run_id"], id);
+
+    let (code, out, err) = tetherctl(&w, &["runs", "show", id]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "observation_summary",
+        "gpu_thermal gpu.0.temp_c = 93",
+        "GPU thermal throttling",
+        "set_gpu_power_limit [reversible]",
+        "set_gpu_power_limit -> require_approval (dry_run)",
+        "awaiting approval: tetherctl runs approve",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let (code, out, err) = tetherctl(&w, &["runs", "approve", id, "--comment", "cap it"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("plan approved by key:"), "{out}");
+    let (code, _, err) = tetherctl(&w, &["runs", "approve", id]);
+    assert_eq!(code, 1, "a second approval is an API error: {err}");
+    assert!(err.contains("conflict"), "{err}");
+    let (code, _, err) = tetherctl(&w, &["runs", "show", "run_000000000000000000000000"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, err) = tetherctl(&w, &["audit"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("plan_approved") && out.contains("cap it"),
+        "{out}"
+    );
+}

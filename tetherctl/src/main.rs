@@ -87,6 +87,31 @@ enum Command {
         #[command(subcommand)]
         action: KeyCmd,
     },
+    /// Incident runs: list, show the artifact chain as a timeline, approve, reject.
+    Runs {
+        #[command(subcommand)]
+        action: Option<RunCmd>,
+    },
+    /// The audit log: approvals, rejections, expiries, policy changes.
+    Audit,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCmd {
+    List,
+    Show {
+        id: String,
+    },
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    Reject {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +333,133 @@ fn diff(current: &DesiredList, wanted: &ApplyRequest) -> (Vec<String>, usize) {
     (lines, same)
 }
 
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// One line saying what an artifact concluded, for the timeline.
+fn summary(a: &serde_json::Value) -> String {
+    let b = &a["body"];
+    match b["kind"].as_str().unwrap_or_default() {
+        "observation_summary" => b["signals"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} = {} (threshold {})",
+                            s["family"].as_str().unwrap_or("?"),
+                            text(&s["metric"]),
+                            s["value"],
+                            s["threshold"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default(),
+        "anomaly_finding" => format!(
+            "{} anomaly(ies)",
+            b["anomalies"].as_array().map_or(0, Vec::len)
+        ),
+        "root_cause_hypothesis" => {
+            let h = &b["hypotheses"][0];
+            format!(
+                "{} (score {}): {}",
+                text(&h["title"]),
+                h["score"],
+                text(&h["explanation"])
+            )
+        }
+        "remediation_proposal" => b["proposals"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .map(|p| {
+                        format!(
+                            "{}. {} [{}]",
+                            p["step"],
+                            text(&p["action"]),
+                            text(&p["safety"])
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        "execution_plan" => b["decisions"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|d| {
+                        format!(
+                            "{} -> {} ({})",
+                            text(&d["action"]),
+                            text(&d["verdict"]),
+                            text(&d["mode"])
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        "execution_result" => b["steps"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|s| format!("{} {}", text(&s["action"]), text(&s["state"])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        "verification_result" => format!("{}: {}", text(&b["verdict"]), text(&b["why"])),
+        "incident_report" => format!(
+            "outcome {} (fingerprint {})",
+            text(&b["outcome"]),
+            text(&b["fingerprint"])
+        ),
+        other => other.to_owned(),
+    }
+}
+
+fn when(ms: &serde_json::Value) -> String {
+    ms.as_u64().map(ago).unwrap_or_else(|| "-".into())
+}
+
+fn run_rows(runs: &[serde_json::Value]) -> Vec<Vec<String>> {
+    runs.iter()
+        .map(|r| {
+            vec![
+                text(&r["run_id"]),
+                text(&r["agent_id"]),
+                text(&r["title"]),
+                text(&r["status"]),
+                if r["outcome"].as_str().unwrap_or_default().is_empty() {
+                    "-".into()
+                } else {
+                    text(&r["outcome"])
+                },
+                r["chain"].as_array().map_or(0, Vec::len).to_string(),
+                when(&r["created_at_ms"]),
+            ]
+        })
+        .collect()
+}
+
+const RUN_HEADERS: &[&str] = &[
+    "RUN",
+    "AGENT",
+    "TITLE",
+    "STATUS",
+    "OUTCOME",
+    "ARTIFACTS",
+    "OPENED",
+];
+
 fn run(cli: &Cli) -> Result<(), Error> {
     let out = cli.output;
     match &cli.command {
@@ -352,6 +504,119 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     )?;
                     println!("agent {id}: credential revoked");
                 }
+            }
+        }
+        Command::Runs { action } => {
+            let c = client(cli)?;
+            match action.as_ref().unwrap_or(&RunCmd::List) {
+                RunCmd::List => {
+                    let list: serde_json::Value = c.get("/v1/runs")?;
+                    match out {
+                        Output::Json => json(&list)?,
+                        Output::Table => table(
+                            RUN_HEADERS,
+                            run_rows(list["runs"].as_array().map_or(&[][..], Vec::as_slice)),
+                        ),
+                    }
+                }
+                RunCmd::Show { id } => {
+                    let r: serde_json::Value = c.get(&format!("/v1/runs/{id}"))?;
+                    let mut artifacts = Vec::new();
+                    for l in r["chain"].as_array().map_or(&[][..], Vec::as_slice) {
+                        let a: serde_json::Value =
+                            c.get(&format!("/v1/artifacts/{}", text(&l["id"])))?;
+                        artifacts.push(a);
+                    }
+                    match out {
+                        Output::Json => {
+                            json(&serde_json::json!({"run": r, "artifacts": artifacts}))?
+                        }
+                        Output::Table => {
+                            table(RUN_HEADERS, run_rows(std::slice::from_ref(&r)));
+                            println!();
+                            table(
+                                &["WHEN", "STAGE", "ARTIFACT", "STATUS", "SUMMARY"],
+                                r["chain"]
+                                    .as_array()
+                                    .map_or(&[][..], Vec::as_slice)
+                                    .iter()
+                                    .zip(&artifacts)
+                                    .map(|(l, a)| {
+                                        vec![
+                                            when(&l["at_ms"]),
+                                            text(&l["stage"]),
+                                            text(&l["kind"]),
+                                            text(&l["status"]),
+                                            summary(a),
+                                        ]
+                                    })
+                                    .collect(),
+                            );
+                            if let Some(a) = r["approval"].as_object() {
+                                println!(
+                                    "\n{} by {} {}",
+                                    text(&a["decision"]),
+                                    text(&a["by"]),
+                                    when(&a["at_ms"])
+                                );
+                            } else if r["status"] == "awaiting_approval" {
+                                println!("\nawaiting approval: tetherctl runs approve {id}   (or reject)");
+                            }
+                            if let Some(f) = r["failure"].as_object() {
+                                println!(
+                                    "\nfailed in the {}: {}",
+                                    text(&f["stage"]),
+                                    text(&f["reason"])
+                                );
+                            }
+                        }
+                    }
+                }
+                RunCmd::Approve { id, comment } | RunCmd::Reject { id, comment } => {
+                    let verb = if matches!(action, Some(RunCmd::Approve { .. })) {
+                        "approve"
+                    } else {
+                        "reject"
+                    };
+                    let r: serde_json::Value = c
+                        .post(
+                            &format!("/v1/runs/{id}/{verb}"),
+                            &serde_json::json!({"comment": comment}),
+                        )?
+                        .unwrap_or_default();
+                    match out {
+                        Output::Json => json(&r)?,
+                        Output::Table => println!(
+                            "run {id}: plan {}d by {}; status {}",
+                            verb,
+                            text(&r["approval"]["by"]),
+                            text(&r["status"])
+                        ),
+                    }
+                }
+            }
+        }
+        Command::Audit => {
+            let list: serde_json::Value = client(cli)?.get("/v1/audit")?;
+            match out {
+                Output::Json => json(&list)?,
+                Output::Table => table(
+                    &["WHEN", "ACTOR", "ACTION", "RUN", "DETAIL"],
+                    list["entries"]
+                        .as_array()
+                        .map_or(&[][..], Vec::as_slice)
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                when(&e["at_ms"]),
+                                text(&e["actor"]),
+                                text(&e["action"]),
+                                text(&e["run_id"]),
+                                text(&e["detail"]),
+                            ]
+                        })
+                        .collect(),
+                ),
             }
         }
         Command::Services => {
