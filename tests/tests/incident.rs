@@ -10,7 +10,7 @@ use tether_e2e::{Emulator, Http, Runner, Stack};
 const SETTINGS: &[(&str, &str)] = &[
     ("TETHER_DESIRED_CACHE_TTL_MS", "600000"),
     ("TETHER_POLL_INTERVAL_MS", "5000"),
-    ("TETHER_VERIFY_DELAY_S", "1"),
+    ("TETHER_VERIFY_DELAY_S", "3"),
     ("TETHER_CHECK_ACTIONS_S", "2"),
     ("TETHER_LOCAL_RETRY_S", "1"),
     ("TETHER_MAX_RECEIVES", "3"),
@@ -92,33 +92,42 @@ impl Agent {
         r
     }
 
-    /// Polls until actions arrive (or the deadline); answers each with a final result.
-    fn run_actions(&mut self, http: &Http, status: &str) -> Vec<Value> {
+    /// Polls until `want` actions arrived (the executor queues a run's actions one
+    /// by one, so a poll can see some of them); answers each with a final result,
+    /// and checks that no answered action is handed out again.
+    fn run_actions(&mut self, http: &Http, status: &str, want: usize) -> Vec<Value> {
         let until = Instant::now() + Duration::from_secs(30);
+        let mut all: Vec<Value> = Vec::new();
+        let mut results: Vec<Value> = Vec::new();
         loop {
-            let r = self.poll(http, vec![], vec![]);
-            let actions = r["actions"].as_array().cloned().unwrap_or_default();
-            if !actions.is_empty() {
-                let results: Vec<Value> = actions
-                    .iter()
-                    .flat_map(|a| {
-                        let status = if a["mode"] == "dry_run" { "dry_run" } else { status };
-                        [
-                            json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "received"}),
-                            json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "final",
-                                   "status": status, "exit_code": 0, "message": format!("{} done", a["kind"])}),
-                        ]
-                    })
-                    .collect();
-                let acked = self.poll(http, vec![], results);
+            let r = self.poll(http, vec![], std::mem::take(&mut results));
+            for a in r["actions"].as_array().into_iter().flatten() {
                 assert!(
-                    acked["actions"].as_array().is_none_or(|a| a.is_empty()),
-                    "an answered action is not handed out again: {acked}"
+                    !all.contains(a),
+                    "an answered action is handed out again: {a}"
                 );
-                return actions;
+                let st = if a["mode"] == "dry_run" {
+                    "dry_run"
+                } else {
+                    status
+                };
+                results.push(json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "received"}));
+                results.push(json!({"action_id": a["id"], "idempotency_key": a["idempotency_key"], "phase": "final",
+                                    "status": st, "exit_code": 0, "message": format!("{} done", a["kind"])}));
+                all.push(a.clone());
             }
-            assert!(Instant::now() < until, "no action reached the agent");
-            std::thread::sleep(Duration::from_millis(300));
+            if all.len() >= want && results.is_empty() {
+                assert_eq!(all.len(), want, "more actions than expected: {all:?}");
+                return all;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} of {want} actions reached the agent",
+                all.len()
+            );
+            if results.is_empty() {
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
     }
 }
@@ -288,7 +297,7 @@ async fn a_filling_disk_goes_through_the_whole_chain_once() {
         .post(&format!("/v1/runs/{id}/approve"), Some(&w.key), &json!({}));
     assert_eq!((again.status, again.code()), (409, "conflict"));
 
-    let actions = agent.run_actions(&w.http, "succeeded");
+    let actions = agent.run_actions(&w.http, "succeeded", 2);
     let kinds: Vec<&str> = actions
         .iter()
         .map(|a| a["kind"].as_str().expect("kind"))
@@ -428,7 +437,7 @@ async fn memory_pressure_under_the_default_policy_dry_runs_and_says_nothing_chan
         "impactful: blocked by default"
     );
     approve(&w, &id);
-    let actions = agent.run_actions(&w.http, "succeeded");
+    let actions = agent.run_actions(&w.http, "succeeded", 1);
     assert_eq!(actions.len(), 1);
     assert_eq!(actions[0]["mode"], "dry_run", "dry-run is the default");
     wait_run(&w, "memory_pressure", "verifying");
@@ -485,7 +494,7 @@ async fn gpu_xid_llm_429_and_an_expired_approval_each_end_as_they_should() {
 
     // GPU: approved, the read-only step runs, the XIDs stop.
     approve(&w, gpu["run_id"].as_str().expect("id"));
-    let actions = agent.run_actions(&w.http, "succeeded");
+    let actions = agent.run_actions(&w.http, "succeeded", 1);
     assert_eq!(
         actions.len(),
         1,
@@ -576,7 +585,7 @@ async fn a_runner_killed_mid_chain_resumes_on_redelivery_without_duplicates() {
     w.runner.kill();
     w.runner.restart();
     w.http = w.runner.http();
-    let actions = agent.run_actions(&w.http, "succeeded");
+    let actions = agent.run_actions(&w.http, "succeeded", 1);
     assert_eq!(
         actions.len(),
         1,
@@ -585,7 +594,8 @@ async fn a_runner_killed_mid_chain_resumes_on_redelivery_without_duplicates() {
     wait_run(&w, "io_stall", "verifying");
     agent.window(&w.http, json!({"psi.io.full_avg10": 3.0}), &[]);
     let closed = wait_run(&w, "io_stall", "closed");
-    assert_eq!(closed["outcome"], "resolved");
+    let verification = artifact(&w, link(&closed, "verification_result"));
+    assert_eq!(closed["outcome"], "resolved", "{verification}");
     assert_eq!(chain_kinds(&closed), FULL_CHAIN.to_vec());
     assert_eq!(runs(&w).len(), 1);
     let listed = w.http.get("/v1/actions", Some(&w.key)).json;
@@ -802,4 +812,73 @@ async fn tetherctl_lists_shows_the_timeline_and_approves() {
         out.contains("plan_approved") && out.contains("cap it"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn the_console_shows_the_chain_and_approves_in_a_real_browser() {
+    use std::io::{BufRead, BufReader, Read};
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: bin/test installs it (npm ci --prefix tests/browser)"
+    );
+    let w = world("acme").await;
+    set_policy(&w, json!({"dry_run": false}));
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"fs.var.used_pct": 70.0}), &[]);
+    agent.window(&w.http, json!({"fs.var.used_pct": 96.0}), &[]);
+    let run = wait_run(&w, "disk_full", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id").to_owned();
+    let shots = tether_e2e::bin_dir().join("screenshots/incident");
+    let _ = std::fs::remove_dir_all(&shots);
+    let mut node = std::process::Command::new("node")
+        .arg(browser_dir.join("incident.mjs"))
+        .args([w.runner.url.as_str(), w.key.as_str(), id.as_str()])
+        .arg(&shots)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) on PATH");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut out = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        out.push_str(&line);
+        out.push('\n');
+        if line == "APPROVED" {
+            break;
+        }
+    }
+    if out.contains("APPROVED") {
+        // The agent's side: run what the approval queued, then report a fuller disk.
+        let actions = agent.run_actions(&w.http, "succeeded", 2);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        wait_run(&w, "disk_full", "verifying");
+        agent.window(&w.http, json!({"fs.var.used_pct": 55.0}), &[]);
+    }
+    for line in lines.map_while(Result::ok) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = node.wait().expect("node finished");
+    let mut err = String::new();
+    node.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    assert!(
+        status.success() && out.contains("PASSED"),
+        "browser test failed:\n{out}\n{err}"
+    );
+    for name in [
+        "05-incidents.png",
+        "06-incident-awaiting.png",
+        "07-incident-closed.png",
+        "08-audit.png",
+    ] {
+        let png = std::fs::read(shots.join(name)).unwrap_or_default();
+        assert!(
+            png.len() > 1000 && png.starts_with(b"\x89PNG"),
+            "{name} is not a screenshot"
+        );
+    }
+    let closed = wait_run(&w, "disk_full", "closed");
+    assert_eq!(closed["approval"]["comment"], "approved from the console");
+    assert_eq!(closed["outcome"], "resolved");
 }

@@ -4,7 +4,8 @@
 "use strict";
 
 const TOKEN_KEY = "tether.token";
-const pages = ["fleet", "services", "actions"];
+const pages = ["fleet", "services", "actions", "incidents", "audit"];
+let selectedRun = null;
 let timer = null;
 
 const $ = (id) => document.getElementById(id);
@@ -58,7 +59,7 @@ function show(page) {
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
   clearInterval(timer);
   if (page === "signin") return;
-  const refresh = { fleet: loadFleet, services: loadServices, actions: loadActions }[page];
+  const refresh = { fleet: loadFleet, services: loadServices, actions: loadActions, incidents: loadIncidents, audit: loadAudit }[page];
   const run = () => refresh().then(() => status("updated " + new Date().toLocaleTimeString()), onError);
   run();
   timer = setInterval(run, 2000);
@@ -132,6 +133,121 @@ async function loadActions() {
     el("td", {}, ago(a.updated_at_ms)), el("td", {}, a.result ? (a.result.message || a.result.stdout_tail || "") : ""))));
 }
 
+// ---- incidents -------------------------------------------------------------
+
+function summary(a) {
+  const b = a.body || {};
+  switch (b.kind) {
+    case "observation_summary": return b.signals.map((s) => `${s.family}: ${s.metric} = ${s.value} (threshold ${s.threshold})`).join("; ");
+    case "anomaly_finding": return b.anomalies.map((x) => `${x.family} (${x.severity})`).join(", ");
+    case "root_cause_hypothesis": { const h = b.hypotheses[0] || {}; return `${h.title} — score ${h.score}: ${h.explanation}`; }
+    case "remediation_proposal": return b.proposals.map((p) => `${p.step}. ${p.action} [${p.safety}]`).join(", ");
+    case "execution_plan": return b.decisions.map((d) => `${d.action} → ${d.verdict} (${d.mode}): ${d.reasons[0] || ""}`).join("; ");
+    case "execution_result": return b.steps.map((s) => `${s.action} ${s.state}`).join(", ") + (b.approved_by ? ` — approved by ${b.approved_by}` : "");
+    case "verification_result": return `${b.verdict}: ${b.why}`;
+    case "incident_report": return `outcome ${b.outcome} (fingerprint ${b.fingerprint})`;
+    default: return "";
+  }
+}
+
+// Evidence points as an SVG line, with a marker where the actions finished.
+function chart(points, metric, actionAt) {
+  const ns = "http://www.w3.org/2000/svg";
+  const W = 640, H = 160, P = 28;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("data-points", String(points.length));
+  const vals = points.map((p) => p.metrics[metric]).filter((v) => typeof v === "number");
+  if (!vals.length) { const t = el("p", { class: "hint" }, "no evidence recorded yet"); return t; }
+  const t0 = points[0].end_ms, t1 = Math.max(points[points.length - 1].end_ms, actionAt || 0, t0 + 1);
+  const lo = Math.min(0, ...vals), hi = Math.max(...vals, 1);
+  const x = (t) => P + (W - 2 * P) * (t - t0) / (t1 - t0);
+  const y = (v) => H - P - (H - 2 * P) * (v - lo) / (hi - lo);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("fill", "none"); line.setAttribute("stroke", "#0969da"); line.setAttribute("stroke-width", "2");
+  line.setAttribute("points", points.filter((p) => typeof p.metrics[metric] === "number").map((p) => `${x(p.end_ms)},${y(p.metrics[metric])}`).join(" "));
+  svg.append(line);
+  for (const p of points) {
+    const v = p.metrics[metric]; if (typeof v !== "number") continue;
+    const c = document.createElementNS(ns, "circle");
+    c.setAttribute("cx", x(p.end_ms)); c.setAttribute("cy", y(v)); c.setAttribute("r", 3); c.setAttribute("fill", "#0969da");
+    const tip = document.createElementNS(ns, "title"); tip.textContent = `${metric} = ${v} at ${new Date(p.end_ms).toLocaleTimeString()}`;
+    c.append(tip); svg.append(c);
+  }
+  if (actionAt) {
+    const m = document.createElementNS(ns, "line");
+    m.setAttribute("x1", x(actionAt)); m.setAttribute("x2", x(actionAt)); m.setAttribute("y1", P / 2); m.setAttribute("y2", H - P / 2);
+    m.setAttribute("stroke", "#cf222e"); m.setAttribute("stroke-dasharray", "4 3"); m.setAttribute("class", "action-marker");
+    svg.append(m);
+  }
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", P); label.setAttribute("y", 14); label.setAttribute("font-size", "11"); label.textContent = `${metric} (before / after the action)`;
+  svg.append(label);
+  return svg;
+}
+
+const artifactCache = new Map();
+async function artifact(id) {
+  if (!artifactCache.has(id)) artifactCache.set(id, await api("GET", "/v1/artifacts/" + id));
+  return artifactCache.get(id);
+}
+
+async function loadRun(id) {
+  const [run, ev] = await Promise.all([api("GET", "/v1/runs/" + id), api("GET", "/v1/runs/" + id + "/evidence")]);
+  const arts = await Promise.all(run.chain.map((l) => artifact(l.id)));
+  $("run-detail").hidden = false;
+  $("run-detail").dataset.run = id;
+  $("run-detail").dataset.status = run.status;
+  $("run-title").replaceChildren(run.title + " ", badge(run.status), " ", run.outcome ? badge(run.outcome) : "");
+  $("run-meta").textContent = `${run.run_id} on ${run.agent_id} — opened ${ago(run.created_at_ms)}` +
+    (run.approval ? ` — ${run.approval.decision} by ${run.approval.by} ${ago(run.approval.at_ms)}` : "") +
+    (run.failure ? ` — failed in the ${run.failure.stage}: ${run.failure.reason}` : "");
+  $("run-decision").hidden = run.status !== "awaiting_approval";
+  const obs = arts.find((a) => a.body.kind === "observation_summary");
+  const metric = obs && obs.body.signals[0] ? obs.body.signals[0].metric : "";
+  const res = arts.find((a) => a.body.kind === "execution_result");
+  $("run-chart").replaceChildren(chart(ev.points, metric, res ? res.created_at_ms : 0));
+  $("run-chain").replaceChildren(...run.chain.map((l, i) => {
+    const li = el("li", { "data-kind": l.kind }, el("span", { class: "kind" }, l.kind.replaceAll("_", " ")), " ", badge(l.status),
+      el("span", { class: "when" }, `${l.stage} · ${ago(l.at_ms)}`), el("div", { class: "summary" }, summary(arts[i])));
+    const refs = (arts[i].evidence || []).flatMap((e) => e.excerpts.map((x) => `${e.id}: ${x}`));
+    if (refs.length) li.append(el("div", { class: "hint mono" }, refs.join(" | ")));
+    return li;
+  }));
+}
+
+async function loadIncidents() {
+  const { runs } = await api("GET", "/v1/runs");
+  $("run-rows").replaceChildren(...runs.map((r) => {
+    const tr = el("tr", { "data-run": r.run_id, class: r.run_id === selectedRun ? "selected" : "" },
+      el("td", { class: "mono" }, r.run_id), el("td", {}, r.title), el("td", { class: "mono" }, r.agent_id),
+      el("td", {}, badge(r.status)), el("td", {}, r.outcome ? badge(r.outcome) : ""), el("td", {}, String(r.chain.length)),
+      el("td", {}, ago(r.created_at_ms)));
+    tr.addEventListener("click", () => { selectedRun = r.run_id; loadIncidents().catch(onError); });
+    return tr;
+  }));
+  if (selectedRun) await loadRun(selectedRun);
+}
+
+async function decide(verb) {
+  $("run-error").textContent = "";
+  try {
+    await api("POST", `/v1/runs/${selectedRun}/${verb}`, { comment: $("run-comment").value });
+    $("run-comment").value = "";
+    await loadIncidents();
+  } catch (e) {
+    $("run-error").textContent = e instanceof ApiError && e.status === 403
+      ? "Your role cannot approve or reject plans (" + e.code + ")." : `${verb} failed: ${e.message}`;
+  }
+}
+
+async function loadAudit() {
+  const { entries } = await api("GET", "/v1/audit");
+  $("audit-rows").replaceChildren(...entries.map((e) => el("tr", { "data-action": e.action },
+    el("td", {}, new Date(e.at_ms).toLocaleString()), el("td", { class: "mono" }, e.actor), el("td", {}, e.action),
+    el("td", { class: "mono" }, e.run_id), el("td", {}, e.detail || ""))));
+}
+
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   $("signin-error").textContent = message || "";
@@ -162,6 +278,8 @@ function route() {
 document.addEventListener("DOMContentLoaded", () => {
   $("signin-form").addEventListener("submit", signIn);
   $("signout").addEventListener("click", () => signOut());
+  $("run-approve").addEventListener("click", () => decide("approve"));
+  $("run-reject").addEventListener("click", () => decide("reject"));
   window.addEventListener("hashchange", route);
   route();
 });
