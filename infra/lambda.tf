@@ -14,6 +14,7 @@ locals {
       TETHER_MAX_RECEIVES          = tostring(var.max_receive_count)
     },
     var.operator_jwks == "" ? {} : { TETHER_OPERATOR_JWKS = var.operator_jwks },
+    var.llm_url == "" ? {} : { TETHER_LLM_URL = var.llm_url, TETHER_LLM_MODEL = var.llm_model },
     { for q in var.queues : "TETHER_QUEUE_URL_${upper(replace(q, "-", "_"))}" => aws_sqs_queue.queue[q].url }
   )
 }

@@ -89,3 +89,14 @@ variable "tags" {
   type    = map(string)
   default = {}
 }
+
+variable "llm_url" {
+  description = "Optional OpenAI-compatible base URL (…/v1) the analyzer asks to reword its top hypothesis; empty: off. Ranking and decisions never depend on it."
+  type        = string
+  default     = ""
+}
+
+variable "llm_model" {
+  type    = string
+  default = "gpt-4o-mini"
+}

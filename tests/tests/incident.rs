@@ -25,9 +25,15 @@ struct World {
 }
 
 async fn world(tenant: &str) -> World {
+    world_with(tenant, &[]).await
+}
+
+async fn world_with(tenant: &str, extra: &[(&str, &str)]) -> World {
     let emu = Emulator::shared();
     let stack = Stack::create_with_chain(emu, 3).await;
-    let runner = Runner::start(emu, &stack, SETTINGS);
+    let mut settings = SETTINGS.to_vec();
+    settings.extend_from_slice(extra);
+    let runner = Runner::start(emu, &stack, &settings);
     let (key, token) = runner.bootstrap(tenant);
     let http = runner.http();
     World {
@@ -881,4 +887,100 @@ async fn the_console_shows_the_chain_and_approves_in_a_real_browser() {
     let closed = wait_run(&w, "disk_full", "closed");
     assert_eq!(closed["approval"]["comment"], "approved from the console");
     assert_eq!(closed["outcome"], "resolved");
+}
+
+/// A stand-in OpenAI-compatible endpoint: answers every chat completion with a
+/// fixed sentence (or a 500) and keeps the request bodies it saw.
+fn llm_endpoint(fail: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut len = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            keep.lock()
+                .expect("lock")
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let (status, answer) = if fail {
+                (
+                    "500 Internal Server Error",
+                    json!({"error": {"message": "overloaded"}}),
+                )
+            } else {
+                (
+                    "200 OK",
+                    json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "The root filesystem is filling up; check the largest log directories first."}}],
+                    "usage": {"prompt_tokens": 60, "completion_tokens": 14, "total_tokens": 74}}),
+                )
+            };
+            let text = answer.to_string();
+            let mut s = stream;
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn an_optional_llm_rewords_the_hypothesis_but_never_decides() {
+    for fail in [false, true] {
+        let (url, seen) = llm_endpoint(fail);
+        let w = world_with(
+            "acme",
+            &[
+                ("TETHER_LLM_URL", url.as_str()),
+                ("TETHER_LLM_MODEL", "test-model"),
+            ],
+        )
+        .await;
+        let mut agent = Agent::enroll(&w.http, &w.token);
+        agent.window(&w.http, json!({"fs.root.used_pct": 99.0}), &[]);
+        let run = wait_run(&w, "disk_full", "awaiting_approval");
+        let hyp = artifact(&w, link(&run, "root_cause_hypothesis"));
+        assert_eq!(
+            hyp["body"]["hypotheses"][0]["rule"], "disk_full",
+            "ranking is the catalog's"
+        );
+        let requests = seen.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 1, "one call per run");
+        assert_eq!(requests[0]["model"], "test-model");
+        let prompt = requests[0]["messages"][0]["content"]
+            .as_str()
+            .expect("prompt");
+        assert!(
+            prompt.contains("Filesystem nearly full") && prompt.contains("fs.root.used_pct = 99.0"),
+            "{prompt}"
+        );
+        if fail {
+            assert_eq!(
+                hyp["body"]["enrichment"],
+                Value::Null,
+                "a failing LLM only leaves the wording out"
+            );
+        } else {
+            assert_eq!(
+                hyp["body"]["enrichment"],
+                "The root filesystem is filling up; check the largest log directories first."
+            );
+        }
+        let plan = artifact(&w, link(&run, "execution_plan"));
+        assert_eq!(
+            plan["body"]["decisions"][2]["verdict"], "block",
+            "policy is unchanged by the wording"
+        );
+    }
 }

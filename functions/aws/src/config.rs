@@ -21,6 +21,8 @@
 //! | `TETHER_CHECK_ACTIONS_S` | executor's re-check of outstanding actions | 60 |
 //! | `TETHER_MAX_RECEIVES` | tries before the dead-letter queue (match the redrive policy) | 5 |
 //! | `TETHER_INCIDENT_ACTION_TTL_MS` | lifetime of an incident action | 900000 |
+//! | `TETHER_LLM_URL` | OpenAI-compatible base URL for optional hypothesis wording (`…/v1`) | unset: off |
+//! | `TETHER_LLM_MODEL` / `TETHER_LLM_API_KEY` / `TETHER_LLM_TIMEOUT_MS` | its model, bearer key (inject from your secret store), timeout | `gpt-4o-mini` / none / 5000 |
 //! | `TETHER_INCIDENT_SUPPRESS_MS` | no second run for the same agent and signal while one is open, up to | 1800000 |
 
 use jsonwebtoken::jwk::JwkSet;
@@ -71,6 +73,18 @@ pub struct Config {
     /// observations queue). A function sends only to the queues it is given.
     pub stage_queue_urls: BTreeMap<Stage, String>,
     pub chain: ChainConfig,
+    /// Optional LLM wording for hypotheses; `None` unless `TETHER_LLM_URL` is set.
+    pub llm: Option<LlmConfig>,
+}
+
+/// An OpenAI-compatible chat completions endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmConfig {
+    /// Base URL, e.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub timeout_ms: u64,
 }
 
 fn required(s: &impl Strings, name: &'static str) -> Result<String, ConfigError> {
@@ -163,9 +177,29 @@ impl Config {
             suppress_ms: number(s, "TETHER_INCIDENT_SUPPRESS_MS", dc.suppress_ms)?,
             ..dc
         };
+        let llm = match s.get("TETHER_LLM_URL") {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(LlmConfig {
+                    url: url.trim_end_matches('/').to_owned(),
+                    model: s
+                        .get("TETHER_LLM_MODEL")
+                        .unwrap_or_else(|| "gpt-4o-mini".into()),
+                    api_key: s.get("TETHER_LLM_API_KEY"),
+                    timeout_ms: number(s, "TETHER_LLM_TIMEOUT_MS", 5000)?,
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "TETHER_LLM_URL",
+                    reason: "must be an http:// or https:// URL".into(),
+                })
+            }
+        };
         Ok(Self {
             stage_queue_urls,
             chain,
+            llm,
             table: required(s, "TETHER_TABLE")?,
             bucket: required(s, "TETHER_BUCKET")?,
             observations_queue_url,

@@ -17,7 +17,7 @@ pub mod incident;
 pub mod secrets;
 pub mod sqs;
 
-pub use config::{Config, ConfigError, EnvStrings, Strings};
+pub use config::{Config, ConfigError, EnvStrings, LlmConfig, Strings};
 pub use counter::CallCounter;
 pub use dynamo::DynamoStore;
 pub use incident::{S3Artifacts, SqsStageQueues};

@@ -15,8 +15,11 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_aws::{Clients, Config, DynamoStore, EnvStrings, S3Artifacts, SqsStageQueues};
+use tether_aws::{
+    Clients, Config, DynamoStore, EnvStrings, LlmConfig, S3Artifacts, SqsStageQueues,
+};
 use tether_core::incident::artifact::Stage;
+use tether_core::incident::roles::Enrich;
 use tether_core::port::SystemClock;
 
 /// The incident chain as deployed: DynamoDB, S3, SQS, the system clock.
@@ -25,13 +28,89 @@ pub type Chain =
 
 /// Wires the chain from configuration and clients built once.
 pub fn build_chain(config: &Config, clients: &Clients) -> Arc<Chain> {
-    Arc::new(Chain::new(
+    let chain = Chain::new(
         DynamoStore::new(clients.dynamodb.clone(), config.table.clone()),
         S3Artifacts::new(clients.s3.clone(), config.bucket.clone()),
         SqsStageQueues::new(clients.sqs.clone(), config.stage_queue_urls.clone()),
         SystemClock,
         config.chain.clone(),
-    ))
+    );
+    Arc::new(match &config.llm {
+        Some(llm) => chain.with_enricher(Arc::new(OpenAiCompatible::new(llm.clone()))),
+        None => chain,
+    })
+}
+
+/// Hypothesis wording from any OpenAI-compatible chat completions endpoint.
+#[derive(Debug)]
+pub struct OpenAiCompatible {
+    cfg: LlmConfig,
+    agent: ureq::Agent,
+}
+
+impl OpenAiCompatible {
+    pub fn new(cfg: LlmConfig) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(cfg.timeout_ms)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { cfg, agent }
+    }
+
+    fn call(&self, prompt: &str) -> Result<String, String> {
+        let mut req = self
+            .agent
+            .post(format!("{}/chat/completions", self.cfg.url))
+            .header("Content-Type", "application/json");
+        if let Some(k) = &self.cfg.api_key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let body = serde_json::json!({
+            "model": self.cfg.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 200,
+            "temperature": 0,
+        });
+        let mut resp = req
+            .send(body.to_string().as_bytes())
+            .map_err(|e| format!("LLM endpoint unreachable: {e}"))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024)
+            .read_to_string()
+            .map_err(|e| format!("LLM response unreadable: {e}"))?;
+        if status != 200 {
+            return Err(format!("LLM endpoint answered {status}"));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("LLM response is not JSON: {e}"))?;
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| "LLM response has no choices[0].message.content".to_owned())
+    }
+}
+
+impl Enrich for OpenAiCompatible {
+    fn enrich(
+        &self,
+        prompt: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let this = Self {
+                cfg: self.cfg.clone(),
+                agent: self.agent.clone(),
+            };
+            tokio::task::spawn_blocking(move || this.call(&prompt))
+                .await
+                .map_err(|e| format!("enrichment task failed: {e}"))?
+        })
+    }
 }
 
 fn receive_count(attrs: &std::collections::HashMap<String, String>) -> u32 {

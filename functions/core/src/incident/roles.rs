@@ -32,7 +32,9 @@ use crate::tenant::{AgentId, Principal, Role, TenantId};
 use crate::ControlError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use tether_proto::{Action, ActionKind, ActionMode, TelemetryWindow};
 
 /// The observations queue's message, as the api sends it.
@@ -117,6 +119,38 @@ pub struct Chain<S, A, Q, C> {
     cfg: ChainConfig,
     observer: Mutex<Observer>,
     gates: Mutex<HashMap<String, Result<Gate, PolicyError>>>,
+    enricher: Option<Arc<dyn Enrich>>,
+}
+
+/// Optional wording from a language model for the analyzer's top hypothesis
+/// (any OpenAI-compatible endpoint; off unless configured). Its answer is stored
+/// as `enrichment` and never read by any decision; a failure only leaves it out.
+pub trait Enrich: Send + Sync + std::fmt::Debug {
+    fn enrich(
+        &self,
+        prompt: String,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// The prompt: the ranked hypotheses and their evidence excerpts, nothing raw.
+pub fn enrichment_prompt(hyps: &[super::artifact::Hypothesis]) -> String {
+    let mut p = String::from(
+        "You help an on-call engineer. In at most three sentences, explain the most likely cause \
+         of this incident and what to check first. Do not invent facts beyond these.\n",
+    );
+    for h in hyps.iter().take(3) {
+        p.push_str(&format!(
+            "- {} (score {}): {}",
+            h.title, h.score, h.explanation
+        ));
+        for e in &h.evidence {
+            for x in &e.excerpts {
+                p.push_str(&format!("; {x}"));
+            }
+        }
+        p.push('\n');
+    }
+    p
 }
 
 #[allow(
@@ -162,7 +196,14 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             cfg,
             observer: Mutex::new(observer),
             gates: Mutex::new(HashMap::new()),
+            enricher: None,
         }
+    }
+
+    /// Adds the optional LLM wording for hypotheses.
+    pub fn with_enricher(mut self, e: Arc<dyn Enrich>) -> Self {
+        self.enricher = Some(e);
+        self
     }
 
     pub fn config(&self) -> &ChainConfig {
@@ -539,6 +580,16 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             })
             .collect();
         let title = top.title.clone();
+        let enrichment = match &self.enricher {
+            None => None,
+            Some(e) => match e.enrich(enrichment_prompt(&hyps)).await {
+                Ok(text) => Some(text.chars().take(1000).collect::<String>()),
+                Err(error) => {
+                    tracing::warn!(run, %error, "LLM enrichment failed; the hypothesis goes without it");
+                    None
+                }
+            },
+        };
         let hyp = envelope(
             Stage::Analyzer,
             Some(Stage::Planner),
@@ -551,7 +602,7 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             Body::RootCauseHypothesis {
                 hypotheses: hyps,
                 prior,
-                enrichment: None,
+                enrichment,
             },
         );
         let (id, _) = self
