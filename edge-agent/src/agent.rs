@@ -281,6 +281,7 @@ impl<T: Transport> Agent<T> {
             status: Status {
                 agent_id: cred.agent_id.clone(),
                 server_url: cfg.server_url.clone(),
+                vitals: crate::telemetry::vitals(&sample.metrics),
                 collectors: sample.collectors,
                 ..status
             },
@@ -306,6 +307,7 @@ impl<T: Transport> Agent<T> {
         }
         let sample = self.sampler.sample();
         self.status.collectors = sample.collectors;
+        self.status.vitals = crate::telemetry::vitals(&sample.metrics);
         let w = TelemetryWindow {
             seq: self.state.next_window_seq,
             start_ms: self.window_start_ms,
@@ -373,6 +375,18 @@ impl<T: Transport> Agent<T> {
                 uptime_s: self.started.elapsed().as_secs(),
                 spool_depth: self.spool.depth(),
                 last_error,
+                collectors: self
+                    .status
+                    .collectors
+                    .iter()
+                    .take(tether_proto::MAX_COLLECTORS)
+                    .map(|c| tether_proto::CollectorState {
+                        name: c.name.clone(),
+                        state: c.state.clone(),
+                        reason: c.reason.clone(),
+                    })
+                    .collect(),
+                vitals: self.status.vitals.clone(),
             },
             results,
             telemetry,

@@ -58,6 +58,9 @@ pub struct Status {
     pub spool_dropped: u64,
     pub services: usize,
     pub collectors: Vec<Collector>,
+    /// Headline numbers of the last window (see `telemetry::vitals`).
+    #[serde(default)]
+    pub vitals: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

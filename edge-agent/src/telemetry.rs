@@ -520,6 +520,48 @@ impl Sampler {
     }
 }
 
+/// The few numbers the fleet view shows at a glance, from one window's metrics:
+/// CPU, memory, the fullest filesystem, load, GPU count, hottest GPU and its
+/// busiest utilisation. At most `tether_proto::MAX_VITALS` entries.
+pub fn vitals(m: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut v = BTreeMap::new();
+    for k in [
+        "cpu.busy_pct",
+        "mem.used_pct",
+        "load.1m",
+        "psi.memory.some_avg10",
+    ] {
+        if let Some(x) = m.get(k).filter(|x| x.is_finite()) {
+            v.insert(k.to_owned(), *x);
+        }
+    }
+    let max_of = |pred: &dyn Fn(&str) -> bool| {
+        m.iter()
+            .filter(|(k, x)| pred(k) && x.is_finite())
+            .map(|(_, x)| *x)
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            })
+    };
+    if let Some(x) = max_of(&|k| k.starts_with("fs.") && k.ends_with(".used_pct")) {
+        v.insert("fs.max_used_pct".into(), x);
+    }
+    let gpus = m
+        .keys()
+        .filter(|k| k.starts_with("gpu.") && k.ends_with(".mem_total_bytes"))
+        .count();
+    if gpus > 0 {
+        v.insert("gpu.count".into(), gpus as f64);
+        if let Some(x) = max_of(&|k| k.starts_with("gpu.") && k.ends_with(".temp_c")) {
+            v.insert("gpu.max_temp_c".into(), x);
+        }
+        if let Some(x) = max_of(&|k| k.starts_with("gpu.") && k.ends_with(".util_pct")) {
+            v.insert("gpu.max_util_pct".into(), x);
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,6 +617,33 @@ mod tests {
         assert_eq!(collector(&sample, "psi").state, "unavailable");
         assert_eq!(collector(&sample, "cgroup").state, "unavailable");
         assert_eq!(collector(&sample, "gpu").reason, "no GPU: test");
+    }
+
+    #[test]
+    fn vitals_pick_the_headline_numbers() {
+        let m: BTreeMap<String, f64> = [
+            ("cpu.busy_pct", 41.0),
+            ("mem.used_pct", 63.0),
+            ("fs.root.used_pct", 40.0),
+            ("fs.var.used_pct", 91.0),
+            ("gpu.0.mem_total_bytes", 8e10),
+            ("gpu.1.mem_total_bytes", 8e10),
+            ("gpu.0.temp_c", 61.0),
+            ("gpu.1.temp_c", 83.0),
+            ("top.cpu.1.pct", 99.0),
+            ("cpu.user_pct", f64::NAN),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let v = vitals(&m);
+        assert_eq!(v["fs.max_used_pct"], 91.0);
+        assert_eq!(v["gpu.count"], 2.0);
+        assert_eq!(v["gpu.max_temp_c"], 83.0);
+        assert_eq!(v["cpu.busy_pct"], 41.0);
+        assert!(!v.contains_key("top.cpu.1.pct"));
+        assert!(v.len() <= tether_proto::MAX_VITALS);
+        assert!(vitals(&BTreeMap::new()).is_empty());
     }
 
     #[test]

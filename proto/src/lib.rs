@@ -129,6 +129,28 @@ pub struct Heartbeat {
     pub spool_depth: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Each collector's state (`ok`, `unavailable`) and why: sent every poll,
+    /// stored only when it changes. At most [`MAX_COLLECTORS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<CollectorState>,
+    /// A few headline numbers for the fleet view (`cpu.busy_pct`, `mem.used_pct`,
+    /// `fs.max_used_pct`, `gpu.count`, `gpu.max_temp_c`, …): stored only when the
+    /// agent record is written anyway. At most [`MAX_VITALS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vitals: BTreeMap<String, f64>,
+}
+
+pub const MAX_COLLECTORS: usize = 32;
+pub const MAX_VITALS: usize = 16;
+
+/// One collector's state as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CollectorState {
+    pub name: String,
+    /// `ok` or `unavailable`.
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A service the agent discovered, keyed by a workload key that survives restarts.

@@ -78,6 +78,10 @@ pub struct AgentSummary {
     pub last_error: Option<String>,
     pub capabilities: Vec<String>,
     pub revoked: bool,
+    #[serde(default)]
+    pub collectors: Vec<crate::CollectorState>,
+    #[serde(default)]
+    pub vitals: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

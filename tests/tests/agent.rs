@@ -169,6 +169,25 @@ async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
         .expect("collectors")
         .iter()
         .any(|c| c["name"] == "gpu"));
+    // The control plane shows the same collector states, and the headline numbers.
+    let listed = http.get("/v1/agents", Some(&key));
+    let me = &listed.json["agents"][0];
+    let gpu = me["collectors"]
+        .as_array()
+        .expect("collectors")
+        .iter()
+        .find(|c| c["name"] == "gpu")
+        .cloned()
+        .expect("gpu collector reported");
+    assert_eq!(gpu["state"], "unavailable", "no GPU on this machine: {gpu}");
+    assert!(
+        gpu["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("no GPU"),
+        "{gpu}"
+    );
+    assert!(me["vitals"]["mem.used_pct"].as_f64().is_some(), "{me}");
 
     // Telemetry windows reach the observations queue.
     std::thread::sleep(Duration::from_millis(1100));

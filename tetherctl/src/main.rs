@@ -494,6 +494,26 @@ fn run(cli: &Cli) -> Result<(), Error> {
                             table(AGENT_HEADERS, agent_rows(std::slice::from_ref(&a)));
                             println!("\ncapabilities: {}", a.capabilities.join(", "));
                             println!("applied desired revision: {}", a.applied_revision);
+                            if !a.vitals.is_empty() {
+                                let v: Vec<String> = a
+                                    .vitals
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v:.1}"))
+                                    .collect();
+                                println!("vitals: {}", v.join("  "));
+                            }
+                            if !a.collectors.is_empty() {
+                                println!();
+                                table(
+                                    &["COLLECTOR", "STATE", "REASON"],
+                                    a.collectors
+                                        .iter()
+                                        .map(|c| {
+                                            vec![c.name.clone(), c.state.clone(), c.reason.clone()]
+                                        })
+                                        .collect(),
+                                );
+                            }
                         }
                     }
                 }

@@ -70,12 +70,29 @@ function onError(e) {
   status("error: " + e.message);
 }
 
+// Host and GPU health at a glance, from the agent's last written heartbeat.
+function vitalsText(v) {
+  const pct = (k, label) => (k in v ? `${label} ${Math.round(v[k])}%` : null);
+  return [pct("cpu.busy_pct", "CPU"), pct("mem.used_pct", "mem"), pct("fs.max_used_pct", "disk"),
+    "gpu.count" in v ? `${v["gpu.count"]} GPU` + ("gpu.max_temp_c" in v ? ` ${Math.round(v["gpu.max_temp_c"])}°C` : "") : null]
+    .filter(Boolean).join(" · ");
+}
+
+function collectorsCell(cs) {
+  const down = cs.filter((c) => c.state !== "ok");
+  const td = el("td", { title: down.map((c) => `${c.name}: ${c.reason}`).join("\n") },
+    down.length ? badge(`${down.length} unavailable`) : (cs.length ? badge("all ok") : ""));
+  td.dataset.unavailable = down.map((c) => c.name).join(",");
+  return td;
+}
+
 async function loadFleet() {
   const { agents } = await api("GET", "/v1/agents");
   $("fleet-count").textContent = "(" + agents.length + ")";
   $("fleet-rows").replaceChildren(...agents.map((a) => el("tr", { "data-agent": a.agent_id },
     el("td", { class: "mono" }, a.agent_id), el("td", {}, a.hostname), el("td", {}, badge(a.liveness)),
-    el("td", {}, ago(a.last_seen_ms)), el("td", {}, a.agent_version), el("td", {}, a.capabilities.join(", ")),
+    el("td", {}, ago(a.last_seen_ms)), el("td", {}, a.agent_version), el("td", { class: "vitals" }, vitalsText(a.vitals || {})),
+    collectorsCell(a.collectors || []),
     el("td", {}, String(a.spool_depth)), el("td", {}, a.last_error || ""))));
 }
 

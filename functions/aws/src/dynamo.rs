@@ -154,6 +154,10 @@ struct AgentDoc {
     attempts: BTreeMap<String, AttemptDoc>,
     #[serde(default)]
     reconcile_pending: bool,
+    #[serde(default)]
+    collectors: Vec<tether_proto::CollectorState>,
+    #[serde(default)]
+    vitals: BTreeMap<String, f64>,
 }
 
 fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
@@ -188,6 +192,8 @@ fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
             })
             .collect(),
         reconcile_pending: a.reconcile_pending,
+        collectors: a.collectors.clone(),
+        vitals: a.vitals.clone(),
     };
     let mut item = keyed(&key::agent(t, &a.agent_id));
     item.insert("version".into(), n(a.version));
@@ -238,6 +244,8 @@ fn agent_from(item: &Item) -> Result<AgentRecord, StoreError> {
             })
             .collect(),
         reconcile_pending: doc.reconcile_pending,
+        collectors: doc.collectors,
+        vitals: doc.vitals,
         version: get_n(item, "version")?,
     })
 }

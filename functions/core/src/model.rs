@@ -36,6 +36,10 @@ pub struct AgentRecord {
     /// Set when a reconcile planned more than one poll may queue: the next poll
     /// reconciles again even if nothing else moved.
     pub reconcile_pending: bool,
+    /// Collector states the agent last reported (written when they change).
+    pub collectors: Vec<tether_proto::CollectorState>,
+    /// Headline numbers from the agent's last written heartbeat.
+    pub vitals: BTreeMap<String, f64>,
     /// Optimistic-lock version; 0 means "not yet stored".
     pub version: u64,
 }
@@ -67,6 +71,8 @@ impl AgentRecord {
             last_error: None,
             attempts: BTreeMap::new(),
             reconcile_pending: false,
+            collectors: Vec::new(),
+            vitals: BTreeMap::new(),
             version: 0,
         }
     }

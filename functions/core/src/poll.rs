@@ -101,8 +101,10 @@ pub fn plan_poll(
         || req.capabilities != agent.capabilities
         || req.applied_revision != agent.applied_revision
         || hb.last_error != agent.last_error
+        || hb.collectors != agent.collectors
         || agent.poll_interval_ms != s.poll_interval_ms
     {
+        agent.collectors = hb.collectors.clone();
         if !hb.agent_version.is_empty() {
             agent.agent_version = hb.agent_version.clone();
         }
@@ -112,8 +114,14 @@ pub fn plan_poll(
         agent.poll_interval_ms = s.poll_interval_ms;
         changed = true;
     }
-    // Piggybacks on any write; never a reason for one.
+    // Piggyback on any write; never a reason for one.
     agent.spool_depth = hb.spool_depth;
+    agent.vitals = hb
+        .vitals
+        .iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
 
     if req.inventory_hash != agent.inventory_hash {
         match &req.inventory {

@@ -242,10 +242,14 @@ where
             .services
             .as_ref()
             .is_some_and(|s| s.len() > tether_proto::MAX_SERVICES_PER_POLL)
+            || req.heartbeat.collectors.len() > tether_proto::MAX_COLLECTORS
+            || req.heartbeat.vitals.len() > tether_proto::MAX_VITALS
         {
             return Err(ControlError::Invalid(format!(
-                "at most {} services per poll",
-                tether_proto::MAX_SERVICES_PER_POLL
+                "at most {} services, {} collectors and {} vitals per poll",
+                tether_proto::MAX_SERVICES_PER_POLL,
+                tether_proto::MAX_COLLECTORS,
+                tether_proto::MAX_VITALS
             )));
         }
         let desired = self.desired_set(&id.tenant).await?;
@@ -459,6 +463,8 @@ where
             last_error: a.last_error,
             capabilities: a.capabilities,
             revoked: a.revoked,
+            collectors: a.collectors,
+            vitals: a.vitals,
         }
     }
 
