@@ -352,6 +352,25 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
             }
             run(a, vec![systemctl(&["restart", unit])])
         }
+        "collect_evidence" => {
+            let what = p["what"].as_str().unwrap_or("");
+            if dry {
+                return finished(a, ResultStatus::DryRun, &format!("would collect {what} (read-only)"));
+            }
+            let started = now_ms();
+            let unit = unit_of(a);
+            let mut r = match crate::evidence::collect(what, unit, Path::new("/proc")) {
+                Ok(text) => {
+                    let mut r = finished(a, ResultStatus::Succeeded, &format!("collected {what}"));
+                    r.stdout_tail = text;
+                    r
+                }
+                Err(why) => finished(a, ResultStatus::Failed, &why),
+            };
+            r.started_at_ms = Some(started);
+            r.finished_at_ms = Some(now_ms());
+            r
+        }
         ActionKind::ENABLE_PYTHON_SDK => python_sdk(a, host, true),
         ActionKind::DISABLE_PYTHON_SDK => python_sdk(a, host, false),
         ActionKind::INSTRUMENT | ActionKind::UNINSTRUMENT => finished(

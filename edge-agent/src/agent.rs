@@ -26,6 +26,7 @@ use crate::spool::{Record, RecordKey, Spool};
 use crate::state::{self, Credential, PollState, Status};
 use crate::telemetry::Sampler;
 use crate::transport::{Transport, TransportError};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -195,7 +196,48 @@ pub struct Agent<T: Transport> {
     window_start_ms: u64,
     started: Instant,
     dropped_before: u64,
+    workloads: WorkloadWatch,
     pub status: Status,
+}
+
+/// What discovery says about workloads between two windows: restarts (same
+/// workload key, new pid) and LLM clients nobody instruments. The incident
+/// chain's crash-loop and uninstrumented-LLM rules read these metrics.
+#[derive(Debug, Default)]
+pub struct WorkloadWatch {
+    pids: std::collections::HashMap<String, u32>,
+    restarts: BTreeMap<String, u32>,
+    uninstrumented: usize,
+}
+
+/// Workloads whose restarts a window reports (the busiest first).
+const MAX_RESTART_METRICS: usize = 10;
+
+impl WorkloadWatch {
+    pub fn see(&mut self, services: &[tether_proto::Service]) {
+        for s in services {
+            if let Some(old) = self.pids.insert(s.workload_key.clone(), s.pid) {
+                if old != s.pid {
+                    *self.restarts.entry(s.workload_key.clone()).or_default() += 1;
+                }
+            }
+        }
+        self.uninstrumented = services
+            .iter()
+            .filter(|s| !s.llm_providers.is_empty() && !s.instrumented)
+            .count();
+    }
+
+    /// Adds this window's workload metrics and starts counting afresh.
+    pub fn drain_into(&mut self, m: &mut BTreeMap<String, f64>) {
+        let mut busiest: Vec<(String, u32)> =
+            std::mem::take(&mut self.restarts).into_iter().collect();
+        busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (key, n) in busiest.into_iter().take(MAX_RESTART_METRICS) {
+            m.insert(format!("svc.restarts.{key}"), f64::from(n));
+        }
+        m.insert("llm.uninstrumented".into(), self.uninstrumented as f64);
+    }
 }
 
 /// What a successful cycle asks of the loop.
@@ -278,6 +320,7 @@ impl<T: Transport> Agent<T> {
             window_start_ms,
             started: Instant::now(),
             dropped_before: status.spool_dropped,
+            workloads: WorkloadWatch::default(),
             status: Status {
                 agent_id: cred.agent_id.clone(),
                 server_url: cfg.server_url.clone(),
@@ -308,11 +351,13 @@ impl<T: Transport> Agent<T> {
         let sample = self.sampler.sample();
         self.status.collectors = sample.collectors;
         self.status.vitals = crate::telemetry::vitals(&sample.metrics);
+        let mut metrics = sample.metrics;
+        self.workloads.drain_into(&mut metrics);
         let w = TelemetryWindow {
             seq: self.state.next_window_seq,
             start_ms: self.window_start_ms,
             end_ms: now,
-            metrics: sample.metrics,
+            metrics,
             events: sample.events,
         };
         self.spool.append(&Record::Telemetry(w)).map_err(local)?;
@@ -332,6 +377,7 @@ impl<T: Transport> Agent<T> {
         let scan = discovery::scan(&self.proc_root, &self.resolver.endpoints(), &self.scan_opts);
         let mut services = scan.services;
         services.truncate(MAX_SERVICES_PER_POLL);
+        self.workloads.see(&services);
         let hash = services_hash(&services);
         let send_services = hash != self.state.sent_services_hash;
         let inv_hash = inventory_hash(&self.inventory);
@@ -786,6 +832,44 @@ mod tests {
         let mut b = agent(&cfg, &cred, &t2);
         run_loop(&mut b, &clock, &stop, true).expect("one cycle");
         assert_eq!(t2.sent.borrow()[0].seq, 8);
+    }
+
+    #[test]
+    fn restarts_and_uninstrumented_llm_clients_become_window_metrics() {
+        let svc = |key: &str, pid: u32, llm: bool| tether_proto::Service {
+            workload_key: key.into(),
+            pid,
+            exe: "/usr/bin/python3".into(),
+            runtime: "python".into(),
+            llm_providers: if llm { vec!["openai".into()] } else { vec![] },
+            instrumented: false,
+            python_sdk: false,
+        };
+        let mut w = WorkloadWatch::default();
+        w.see(&[
+            svc("systemd:chat.service", 10, true),
+            svc("host:/bin/x", 5, false),
+        ]);
+        for pid in 11..15 {
+            w.see(&[
+                svc("systemd:chat.service", pid, true),
+                svc("host:/bin/x", 5, false),
+            ]);
+        }
+        let mut m = BTreeMap::new();
+        w.drain_into(&mut m);
+        assert_eq!(m.get("svc.restarts.systemd:chat.service"), Some(&4.0));
+        assert!(
+            !m.contains_key("svc.restarts.host:/bin/x"),
+            "a steady pid is no restart"
+        );
+        assert_eq!(m.get("llm.uninstrumented"), Some(&1.0));
+        let mut next = BTreeMap::new();
+        w.drain_into(&mut next);
+        assert!(
+            !next.keys().any(|k| k.starts_with("svc.restarts.")),
+            "counts start afresh per window"
+        );
     }
 
     #[test]

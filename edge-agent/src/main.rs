@@ -6,6 +6,7 @@ mod backoff;
 mod clock;
 mod config;
 mod discovery;
+mod evidence;
 mod gpu;
 mod spool;
 mod state;

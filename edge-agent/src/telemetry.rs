@@ -130,7 +130,7 @@ fn mount_name(mountpoint: &str) -> String {
 }
 
 /// Real filesystems from `/proc/mounts`.
-fn mounts(text: &str) -> Vec<String> {
+pub(crate) fn mounts(text: &str) -> Vec<String> {
     const REAL: &[&str] = &[
         "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "overlay",
     ];
@@ -149,7 +149,7 @@ fn mounts(text: &str) -> Vec<String> {
 }
 
 /// utime + stime and RSS pages of one `/proc/<pid>/stat`.
-fn proc_stat(stat: &str) -> Option<(String, u64, u64)> {
+pub(crate) fn proc_stat(stat: &str) -> Option<(String, u64, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
