@@ -29,6 +29,8 @@ locals {
         { Sid = "Consume", Action = local.consume, Resource = [lookup(local.queue_arn, a.consumes, "")] },
       ],
       length(a.sends) == 0 ? [] : [{ Sid = "Send", Action = ["sqs:SendMessage"], Resource = [for q in a.sends : lookup(local.queue_arn, q, "")] }],
+      # The executor presigns the PUT agents upload collect_evidence bundles with.
+      role == "executor" ? [{ Sid = "EvidenceUploads", Action = ["s3:PutObject"], Resource = ["${aws_s3_bucket.artifacts.arn}/T/*/evidence/*"] }] : [],
     )
   }
 

@@ -367,6 +367,17 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
                 }
                 Err(why) => finished(a, ResultStatus::Failed, &why),
             };
+            // The bundle goes to the presigned URL the server handed out, if any.
+            if let (Some(url), Some(key)) = (p["upload"]["url"].as_str(), p["upload"]["key"].as_str()) {
+                let bundle = crate::evidence::bundle(what, unit, Path::new("/proc"));
+                match crate::evidence::upload(url, &bundle) {
+                    Ok(()) => r.evidence_refs.push(key.to_owned()),
+                    Err(why) => {
+                        r.message = format!("{}; {why}", r.message);
+                        r.status = Some(ResultStatus::Failed);
+                    }
+                }
+            }
             r.started_at_ms = Some(started);
             r.finished_at_ms = Some(now_ms());
             r

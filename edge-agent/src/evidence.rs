@@ -48,6 +48,59 @@ pub fn collect(what: &str, unit: Option<&str>, proc_root: &Path) -> Result<Strin
     Ok(bounded(text))
 }
 
+/// The bundle uploaded to the server's presigned URL: the requested snapshot,
+/// plus top processes, the kernel log tail and (for a unit) its journal tail.
+/// Each part that cannot be had says why. At most [`MAX_BUNDLE_BYTES`] of JSON.
+pub fn bundle(what: &str, unit: Option<&str>, proc_root: &Path) -> serde_json::Value {
+    let part = |r: Result<String, String>| match r {
+        Ok(text) => serde_json::json!({ "text": text }),
+        Err(why) => serde_json::json!({ "unavailable": why }),
+    };
+    let mut b = serde_json::json!({
+        "what": what,
+        "collected_at_ms": crate::actions::now_ms(),
+        "snapshot": part(collect(what, unit, proc_root)),
+        "top_cpu": part(collect("top_cpu", None, proc_root)),
+        "top_memory": part(collect("top_memory", None, proc_root)),
+        "kernel_log_tail": part(command("dmesg", &["--ctime", "--level=err,warn"]).map(|t| tail_lines(&t, 40))),
+    });
+    if let Some(u) = unit {
+        b["journal_tail"] = part(collect("unit_logs", Some(u), proc_root));
+    }
+    b
+}
+
+pub const MAX_BUNDLE_BYTES: usize = 64 * 1024;
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Uploads the bundle with a presigned PUT; `Err` says why it did not arrive.
+pub fn upload(url: &str, bundle: &serde_json::Value) -> Result<(), String> {
+    let mut body = serde_json::to_vec(bundle).map_err(|e| e.to_string())?;
+    body.truncate(MAX_BUNDLE_BYTES);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(15)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .put(url)
+        .header("Content-Type", "application/json")
+        .send(&body[..])
+        .map_err(|e| format!("evidence upload failed: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "evidence upload refused: HTTP {}",
+            resp.status().as_u16()
+        ))
+    }
+}
+
 fn bounded(mut s: String) -> String {
     if s.len() > MAX_BYTES {
         let mut cut = MAX_BYTES;
@@ -142,6 +195,57 @@ mod tests {
         let disk = collect("disk_usage", None, proc_root).expect("disk_usage");
         assert!(disk.lines().any(|l| l.starts_with("/ ")), "{disk}");
         assert!(bounded("x".repeat(10_000)).len() < MAX_BYTES + 20);
+    }
+
+    #[test]
+    fn the_bundle_is_uploaded_with_a_put_to_the_given_url() {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/T/acme/evidence/run_1/act_1.json?X-Amz-Signature=x",
+            listener.local_addr().expect("addr")
+        );
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut first = String::new();
+            reader.read_line(&mut first).expect("request line");
+            let mut len = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).expect("body");
+            let mut s = stream;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .expect("answer");
+            (first, body)
+        });
+        let b = bundle("disk_usage", None, Path::new("/proc"));
+        upload(&url, &b).expect("upload");
+        let (first, body) = server.join().expect("server");
+        assert!(
+            first.starts_with("PUT /T/acme/evidence/run_1/act_1.json?"),
+            "{first}"
+        );
+        let sent: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(sent["what"], "disk_usage");
+        assert!(sent["snapshot"]["text"]
+            .as_str()
+            .expect("snapshot")
+            .contains("used%"));
+        assert!(sent["top_memory"]["text"].is_string());
+        assert!(
+            sent["kernel_log_tail"].is_object(),
+            "text or the reason it is unavailable"
+        );
+        assert!(upload("http://127.0.0.1:9/x", &b)
+            .unwrap_err()
+            .contains("evidence upload failed"));
     }
 
     #[test]

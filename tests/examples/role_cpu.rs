@@ -139,6 +139,16 @@ impl ArtifactStore for &'static Mem {
             .insert(id.clone(), bytes);
         Ok(id)
     }
+    async fn evidence_upload(
+        &self,
+        _: &TenantId,
+        run: &str,
+        action: &str,
+        _: u64,
+    ) -> R<(String, String)> {
+        let key = format!("T/bench/evidence/{run}/{action}.json");
+        Ok((key.clone(), format!("http://127.0.0.1:9/{key}")))
+    }
     async fn get(&self, _: &TenantId, id: &str) -> R<Option<Artifact>> {
         let bytes = self.artifacts.lock().expect("lock").get(id).cloned();
         bytes

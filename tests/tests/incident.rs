@@ -309,6 +309,34 @@ async fn a_filling_disk_goes_through_the_whole_chain_once() {
         .map(|a| a["kind"].as_str().expect("kind"))
         .collect();
     assert_eq!(kinds, vec!["collect_evidence", "rotate_logs"]);
+    // collect_evidence carries a presigned PUT for its bundle, under the tenant.
+    let upload = &actions[0]["payload"]["upload"];
+    let key = upload["key"].as_str().expect("evidence key");
+    assert!(key.starts_with(&format!("T/acme/evidence/{id}/")), "{key}");
+    let agent_http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let put = agent_http
+        .put(upload["url"].as_str().expect("url"))
+        .header("Content-Type", "application/json")
+        .send(&br#"{"what":"disk_usage","snapshot":{"text":"/ 97.5"}}"#[..])
+        .expect("upload");
+    assert_eq!(put.status().as_u16(), 200, "the presigned PUT is accepted");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&w.stack.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let stored = s3
+        .get_object()
+        .bucket(&w.stack.bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("stored bundle");
+    let bytes = stored.body.collect().await.expect("body").into_bytes();
+    assert!(String::from_utf8_lossy(&bytes).contains("/ 97.5"));
     assert!(actions.iter().all(|a| a["mode"] == "execute"));
     assert!(actions.iter().all(|a| a["idempotency_key"]
         .as_str()

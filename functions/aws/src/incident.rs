@@ -420,6 +420,39 @@ impl ArtifactStore for S3Artifacts {
             .map(Some)
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
+
+    async fn evidence_upload(
+        &self,
+        t: &TenantId,
+        run_id: &str,
+        action_id: &str,
+        ttl_s: u64,
+    ) -> Result<(String, String), StoreError> {
+        let key = key::object::evidence(t, run_id, action_id);
+        let url = self.presign_put(&key, ttl_s).await?;
+        Ok((key, url))
+    }
+}
+
+impl S3Artifacts {
+    async fn presign_put(&self, key: &str, ttl_s: u64) -> Result<String, StoreError> {
+        let cfg = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            std::time::Duration::from_secs(ttl_s.clamp(60, 7 * 24 * 3600)),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .presigned(cfg)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+            })?;
+        Ok(req.uri().to_owned())
+    }
 }
 
 /// One SQS queue per role, by URL.

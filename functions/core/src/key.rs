@@ -198,6 +198,11 @@ pub mod object {
         format!("T/{}/payload/{sha256_hex}", t.as_str())
     }
 
+    /// An evidence bundle an agent uploaded for an incident action.
+    pub fn evidence(t: &TenantId, run_id: &str, action_id: &str) -> String {
+        format!("T/{}/evidence/{run_id}/{action_id}.json", t.as_str())
+    }
+
     /// An artifact, by the sha256 of its bytes.
     pub fn artifact(t: &TenantId, sha256_hex: &str) -> String {
         format!("T/{}/artifacts/{sha256_hex}.json", t.as_str())

@@ -944,12 +944,22 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             };
             let id = action_id(run, d.step);
             let key = idempotency_key(run, d.step);
+            let mut payload = p.payload.clone();
+            if p.action == "collect_evidence" && d.mode == "execute" {
+                // Where the agent uploads its bundle: a presigned PUT, valid as long
+                // as the action is.
+                let (object, url) = self
+                    .artifacts
+                    .evidence_upload(t, run, &id, self.cfg.action_ttl_ms / 1000)
+                    .await?;
+                payload["upload"] = serde_json::json!({ "url": url, "key": object });
+            }
             let item = OutboxItem {
                 action: Action {
                     id: id.clone(),
                     kind: ActionKind::new(&p.action),
                     target: p.target.clone(),
-                    payload: p.payload.clone(),
+                    payload,
                     idempotency_key: key.clone(),
                     not_before_ms: 0,
                     expires_at_ms: start + self.cfg.action_ttl_ms,

@@ -269,6 +269,17 @@ pub trait ArtifactStore: Send + Sync + 'static {
         t: &TenantId,
         id: &str,
     ) -> impl Future<Output = Result<Option<Artifact>, StoreError>> + Send;
+
+    /// A presigned PUT URL an agent uploads an evidence bundle to, valid for
+    /// `ttl_s`, for the object `T/<tenant>/evidence/<run>/<action>.json`.
+    /// Returns (object key, URL).
+    fn evidence_upload(
+        &self,
+        t: &TenantId,
+        run_id: &str,
+        action_id: &str,
+        ttl_s: u64,
+    ) -> impl Future<Output = Result<(String, String), StoreError>> + Send;
 }
 
 /// SQS: one queue per role.
