@@ -50,6 +50,30 @@ impl UreqTransport {
     }
 }
 
+/// Names TLS failures as such: rustls reports a handshake with something that is
+/// not TLS (or a bad certificate) as an I/O error whose text does not say "TLS".
+fn describe(e: &ureq::Error, https: bool) -> String {
+    let text = e.to_string();
+    let tls = match e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => {
+            https
+                && io.get_ref().is_some_and(|inner| {
+                    let m = inner.to_string().to_lowercase();
+                    ["corrupt message", "certificate", "handshake", "alert", "peer", "tls"]
+                        .iter()
+                        .any(|k| m.contains(k))
+                })
+        }
+        _ => false,
+    };
+    if tls {
+        format!("TLS handshake failed: {text}")
+    } else {
+        text
+    }
+}
+
 impl Transport for UreqTransport {
     fn post(&self, path: &str, bearer: Option<&str>, body: &[u8]) -> Result<Reply, TransportError> {
         let url = format!("{}{path}", self.base);
@@ -62,7 +86,7 @@ impl Transport for UreqTransport {
         }
         let mut resp = req.send(body).map_err(|e| TransportError::Unreachable {
             url: self.base.clone(),
-            reason: e.to_string(),
+            reason: describe(&e, self.base.starts_with("https://")),
         })?;
         let retry_after = resp
             .headers()

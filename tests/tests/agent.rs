@@ -242,3 +242,105 @@ async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
     let _ = py.wait();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A server that answers every request with `answer` (raw bytes after accept).
+fn bad_server(answer: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = c.set_read_timeout(Some(Duration::from_millis(300)));
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(&answer);
+        }
+    });
+    port
+}
+
+fn http_answer(body: &[u8]) -> Vec<u8> {
+    let mut a = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    a.extend_from_slice(body);
+    a
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_survives_malformed_oversized_and_tls_failures_with_backoff() {
+    let emu = Emulator::shared();
+    let stack = Stack::create(emu).await;
+    let runner = Runner::start(emu, &stack, &[("TETHER_POLL_INTERVAL_MS", "1000")]);
+    let (_, token) = runner.bootstrap("rough");
+    let data = std::env::temp_dir().join(unique_name("agent-rough"));
+    let config = data.with_extension("json");
+    let write = |url: &str| {
+        std::fs::write(
+            &config,
+            json!({"server_url": url, "enrollment_token": token, "data_dir": data,
+                   "telemetry_window_s": 1, "max_backoff_s": 2})
+            .to_string(),
+        )
+        .expect("config")
+    };
+    write(&runner.url);
+    let agent = Agent {
+        config: config.clone(),
+    };
+    agent.once(&[]);
+
+    let garbage = bad_server(http_answer(b"<html>upstream proxy error</html>"));
+    let huge = bad_server(http_answer(&vec![b' '; 5 * 1024 * 1024]));
+    let not_tls = bad_server(b"this is not TLS\r\n".to_vec());
+    for (url, want) in [
+        (format!("http://127.0.0.1:{garbage}"), "malformed"),
+        (format!("http://127.0.0.1:{huge}"), "over 4194304 bytes"),
+        (format!("https://127.0.0.1:{not_tls}"), "tls handshake failed"),
+    ] {
+        write(&url);
+        let child = Command::new(workspace_bin("tether-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("agent");
+        std::thread::sleep(Duration::from_secs(4));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().expect("agent exit");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(out.status.success(), "clean exit on SIGTERM: {err}");
+        let failures: Vec<&str> = err.lines().filter(|l| l.contains("poll failed")).collect();
+        assert!(failures.len() >= 2, "{url}: retried with backoff:\n{err}");
+        assert!(
+            failures
+                .iter()
+                .all(|l| l.contains(want) && l.contains("retrying in")),
+            "{url}: every failure names the cause ({want}):\n{err}"
+        );
+        let status = agent.status();
+        assert!(
+            status["health"]
+                .as_str()
+                .expect("health")
+                .starts_with("unhealthy: cannot reach the control plane since"),
+            "{status}"
+        );
+        assert!(
+            status["spool_depth"].as_u64().expect("depth") > 0,
+            "telemetry kept"
+        );
+    }
+    // Back to the real control plane: healthy again, the spool drains.
+    write(&runner.url);
+    agent.once(&[]);
+    agent.once(&[]);
+    let status = agent.status();
+    assert_eq!(status["health"], "healthy", "{status}");
+}
