@@ -60,9 +60,16 @@ fn describe(e: &ureq::Error, https: bool) -> String {
             https
                 && io.get_ref().is_some_and(|inner| {
                     let m = inner.to_string().to_lowercase();
-                    ["corrupt message", "certificate", "handshake", "alert", "peer", "tls"]
-                        .iter()
-                        .any(|k| m.contains(k))
+                    [
+                        "corrupt message",
+                        "certificate",
+                        "handshake",
+                        "alert",
+                        "peer",
+                        "tls",
+                    ]
+                    .iter()
+                    .any(|k| m.contains(k))
                 })
         }
         _ => false,

@@ -298,7 +298,10 @@ async fn agent_survives_malformed_oversized_and_tls_failures_with_backoff() {
     for (url, want) in [
         (format!("http://127.0.0.1:{garbage}"), "malformed"),
         (format!("http://127.0.0.1:{huge}"), "over 4194304 bytes"),
-        (format!("https://127.0.0.1:{not_tls}"), "tls handshake failed"),
+        (
+            format!("https://127.0.0.1:{not_tls}"),
+            "tls handshake failed",
+        ),
     ] {
         write(&url);
         let child = Command::new(workspace_bin("tether-agent"))
@@ -343,4 +346,75 @@ async fn agent_survives_malformed_oversized_and_tls_failures_with_backoff() {
     agent.once(&[]);
     let status = agent.status();
     assert_eq!(status["health"], "healthy", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_any_moment_loses_nothing_acknowledged() {
+    let emu = Emulator::shared();
+    let stack = Stack::create(emu).await;
+    let runner = Runner::start(emu, &stack, &[("TETHER_POLL_INTERVAL_MS", "1000")]);
+    let (_, token) = runner.bootstrap("crashy");
+    let data = std::env::temp_dir().join(unique_name("agent-crashy"));
+    let config = data.with_extension("json");
+    std::fs::write(
+        &config,
+        json!({"server_url": runner.url, "enrollment_token": token, "data_dir": data,
+               "telemetry_window_s": 1, "max_backoff_s": 1})
+        .to_string(),
+    )
+    .expect("config");
+    let agent = Agent {
+        config: config.clone(),
+    };
+    agent.once(&[]);
+    // SIGKILL the running agent at uneven moments: mid-poll, mid-spool-write,
+    // mid-sleep. Each restart must reopen the spool and carry on.
+    let kills = 8;
+    for i in 0..kills {
+        let mut child = Command::new(workspace_bin("tether-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent");
+        std::thread::sleep(Duration::from_millis(700 + 173 * i));
+        child.kill().expect("SIGKILL");
+        let out = child.wait_with_output().expect("reaped");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "restart {i}: {err}");
+    }
+    // A last clean run drains the spool.
+    std::thread::sleep(Duration::from_millis(1100));
+    agent.once(&[]);
+    agent.once(&[]);
+    let status = agent.status();
+    assert_eq!(status["health"], "healthy", "{status}");
+    assert_eq!(
+        status["spool_depth"], 0,
+        "everything acknowledged: {status}"
+    );
+    let dropped = status["spool_dropped"].as_u64().expect("dropped");
+    let msgs = stack
+        .receive_observations(100, Duration::from_secs(8))
+        .await;
+    let mut seqs: Vec<u64> = msgs
+        .iter()
+        .flat_map(|m| m["windows"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w["seq"].as_u64())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup(); // a window re-sent after a crash before its ack arrived: consumers drop it by seq
+    let max = *seqs.last().expect("windows arrived");
+    let missing: Vec<u64> = (0..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(
+        missing.len() as u64 <= dropped.min(kills),
+        "lost windows {missing:?} beyond the {dropped} torn records the spool reported"
+    );
+    assert!(
+        seqs.len() >= 5,
+        "windows kept flowing across {kills} kills: {seqs:?}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
 }
