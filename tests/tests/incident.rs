@@ -455,6 +455,32 @@ async fn a_filling_disk_goes_through_the_whole_chain_once() {
     let listed = w.http.get("/v1/actions", Some(&w.key)).json;
     assert_eq!(listed["actions"].as_array().map(Vec::len), Some(2));
     assert_eq!(runs(&w).len(), 1, "one run for one episode");
+
+    // A later episode with the same fingerprint sees what was tried and how it went.
+    agent.window(&w.http, json!({"fs.root.used_pct": 55.0}), &[]);
+    agent.window(&w.http, json!({"fs.root.used_pct": 96.0}), &[]);
+    let second = wait_run(&w, "disk_full", "awaiting_approval");
+    assert_ne!(second["run_id"], closed["run_id"]);
+    assert_eq!(second["fingerprint"], closed["fingerprint"]);
+    let hyp = artifact(&w, link(&second, "root_cause_hypothesis"));
+    let prior = hyp["body"]["prior"].as_array().expect("prior");
+    let tried: Vec<(&str, &str)> = prior
+        .iter()
+        .map(|p| {
+            (
+                p["action"].as_str().expect("a"),
+                p["verdict"].as_str().expect("v"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            ("collect_evidence", "improved"),
+            ("rotate_logs", "improved")
+        ]
+    );
+    assert!(prior.iter().all(|p| p["run_id"] == closed["run_id"]));
 }
 
 #[tokio::test]
@@ -493,74 +519,146 @@ async fn memory_pressure_under_the_default_policy_dry_runs_and_says_nothing_chan
     assert_eq!(states, vec!["dry_run", "skipped"]);
 }
 
+/// One scenario through the whole chain: fault -> top hypothesis -> proposal ->
+/// the default policy stops at approval -> approved -> the actions reach the agent
+/// once -> recovery telemetry -> the verifier's verdict -> a report of every artifact.
+#[allow(clippy::too_many_arguments, reason = "one argument per scenario fact")]
+async fn scenario(
+    w: &World,
+    agent: &mut Agent,
+    fault: Value,
+    events: &[&str],
+    family: &str,
+    rule: &str,
+    actions: &[&str],
+    recovered: Value,
+) {
+    agent.window(&w.http, fault, events);
+    let run = wait_run(w, family, "awaiting_approval");
+    let id = run["run_id"].as_str().expect("id").to_owned();
+    let hyp = artifact(w, link(&run, "root_cause_hypothesis"));
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], rule, "{family}");
+    assert_eq!(
+        agent.poll(&w.http, vec![], vec![])["actions"],
+        json!([]),
+        "{family}: nothing before approval"
+    );
+    approve(w, &id);
+    let got = agent.run_actions(&w.http, "succeeded", actions.len());
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|a| a["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, actions, "{family}");
+    wait_run(w, family, "verifying");
+    agent.window(&w.http, recovered, &[]);
+    let closed = wait_run(w, family, "closed");
+    let v = artifact(w, link(&closed, "verification_result"));
+    assert_eq!(v["body"]["verdict"], "improved", "{family}: {v}");
+    assert_eq!(closed["outcome"], "resolved");
+    assert_eq!(chain_kinds(&closed), FULL_CHAIN.to_vec(), "{family}");
+}
+
 #[tokio::test]
-async fn gpu_xid_llm_429_and_an_expired_approval_each_end_as_they_should() {
+async fn gpu_xid_llm_429_and_crash_loop_scenarios_and_rejected_and_expired_plans() {
     let w = world("acme").await;
     set_policy(&w, json!({"dry_run": false, "approval_ttl_s": 600}));
     let mut agent = Agent::enroll(&w.http, &w.token);
-    agent.window(&w.http, json!({"gpu.xid_errors": 2.0}), &["gpu_xid"]);
-    let gpu = wait_run(&w, "gpu_xid", "awaiting_approval");
-    let hyp = artifact(&w, link(&gpu, "root_cause_hypothesis"));
-    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "gpu_xid");
+
+    // A fake GPU XID report: the destructive reset is blocked; evidence is collected.
+    scenario(
+        &w,
+        &mut agent,
+        json!({"gpu.xid_errors": 2.0}),
+        &["gpu_xid"],
+        "gpu_xid",
+        "gpu_xid",
+        &["collect_evidence"],
+        json!({"gpu.xid_errors": 0.0}),
+    )
+    .await;
+    let gpu = runs(&w)
+        .into_iter()
+        .find(|r| r["family"] == "gpu_xid")
+        .expect("gpu run");
     let plan = artifact(&w, link(&gpu, "execution_plan"));
     assert_eq!(plan["body"]["decisions"][1]["action"], "reset_gpu");
     assert_eq!(plan["body"]["decisions"][1]["verdict"], "block");
 
-    // An LLM endpoint answering 429s: the operator rejects the plan.
-    agent.window(
-        &w.http,
+    // An LLM endpoint answering 429s: evidence, then a reversible client rate limit.
+    scenario(
+        &w,
+        &mut agent,
         json!({"llm.errors_429": 40.0, "llm.calls": 50.0}),
         &[],
-    );
-    let llm = wait_run(&w, "llm_errors", "awaiting_approval");
-    let hyp = artifact(&w, link(&llm, "root_cause_hypothesis"));
-    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "llm_error_storm");
-    let llm_id = llm["run_id"].as_str().expect("id");
-    let r = w.http.post(
-        &format!("/v1/runs/{llm_id}/reject"),
-        Some(&w.key),
-        &json!({"comment": "provider incident"}),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json);
-    let closed = wait_run(&w, "llm_errors", "closed");
-    assert_eq!(closed["outcome"], "rejected");
-    assert_eq!(closed["approval"]["decision"], "rejected");
+        "llm_errors",
+        "llm_error_storm",
+        &["collect_evidence", "rate_limit_workload"],
+        json!({"llm.errors_429": 0.0, "llm.calls": 48.0}),
+    )
+    .await;
 
-    // GPU: approved, the read-only step runs, the XIDs stop.
-    approve(&w, gpu["run_id"].as_str().expect("id"));
-    let actions = agent.run_actions(&w.http, "succeeded", 1);
-    assert_eq!(
-        actions.len(),
-        1,
-        "the destructive reset never reaches the agent"
-    );
-    assert_eq!(actions[0]["kind"], "collect_evidence");
-    wait_run(&w, "gpu_xid", "verifying");
-    agent.window(&w.http, json!({"gpu.xid_errors": 0.0}), &[]);
-    let closed = wait_run(&w, "gpu_xid", "closed");
-    assert_eq!(closed["outcome"], "resolved");
-
-    // A crash-looping unit whose approval nobody gives: the run expires.
-    set_policy(&w, json!({"approval_ttl_s": 2}));
-    agent.window(
-        &w.http,
+    // A crash-looping unit: its journal is collected; stopping it is impactful, so blocked.
+    scenario(
+        &w,
+        &mut agent,
         json!({"svc.restarts.systemd:chat.service": 6.0}),
         &[],
-    );
-    let cl = wait_run(&w, "crash_loop", "closed");
-    assert_eq!(cl["outcome"], "expired");
+        "crash_loop",
+        "crash_loop",
+        &["collect_evidence"],
+        json!({"svc.restarts.systemd:chat.service": 0.0}),
+    )
+    .await;
+    let cl = runs(&w)
+        .into_iter()
+        .find(|r| r["family"] == "crash_loop")
+        .expect("crash run");
     let hyp = artifact(&w, link(&cl, "root_cause_hypothesis"));
     assert_eq!(
         hyp["body"]["hypotheses"][0]["subject"],
         "systemd:chat.service"
     );
+
+    // A rejected plan closes with a report and nothing reaches the agent.
+    agent.window(&w.http, json!({"cpu.busy_pct": 99.0}), &[]);
+    let cpu = wait_run(&w, "cpu_saturation", "awaiting_approval");
+    let cpu_id = cpu["run_id"].as_str().expect("id");
+    let r = w.http.post(
+        &format!("/v1/runs/{cpu_id}/reject"),
+        Some(&w.key),
+        &json!({"comment": "batch job, expected"}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let closed = wait_run(&w, "cpu_saturation", "closed");
+    assert_eq!(closed["outcome"], "rejected");
+    assert_eq!(closed["approval"]["decision"], "rejected");
+    assert_eq!(
+        chain_kinds(&closed).last().map(String::as_str),
+        Some("incident_report")
+    );
+
+    // A plan nobody approves in time: the run expires.
+    set_policy(&w, json!({"approval_ttl_s": 2}));
+    agent.window(&w.http, json!({"psi.io.full_avg10": 60.0}), &[]);
+    let io = wait_run(&w, "io_stall", "closed");
+    assert_eq!(io["outcome"], "expired");
     assert_eq!(agent.poll(&w.http, vec![], vec![])["actions"], json!([]));
     let audit = w.http.get("/v1/audit", Some(&w.key)).json;
-    assert!(audit["entries"]
+    let actions: Vec<&str> = audit["entries"]
         .as_array()
         .expect("entries")
         .iter()
-        .any(|e| e["action"] == "approval_expired"));
+        .map(|e| e["action"].as_str().expect("a"))
+        .collect();
+    for want in [
+        "approval_expired",
+        "plan_rejected",
+        "plan_approved",
+        "policy_set",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
 }
 
 #[tokio::test]
@@ -810,6 +908,7 @@ fn tetherctl(w: &World, args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn tetherctl_lists_shows_the_timeline_and_approves() {
     let w = world("acme").await;
+    set_policy(&w, json!({"dry_run": false}));
     let mut agent = Agent::enroll(&w.http, &w.token);
     agent.window(&w.http, json!({"gpu.0.temp_c": 93.0}), &[]);
     let run = wait_run(&w, "gpu_thermal", "awaiting_approval");
@@ -827,7 +926,7 @@ async fn tetherctl_lists_shows_the_timeline_and_approves() {
         "gpu_thermal gpu.0.temp_c = 93",
         "GPU thermal throttling",
         "set_gpu_power_limit [reversible]",
-        "set_gpu_power_limit -> require_approval (dry_run)",
+        "set_gpu_power_limit -> require_approval (execute)",
         "awaiting approval: tetherctl runs approve",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
@@ -844,6 +943,34 @@ async fn tetherctl_lists_shows_the_timeline_and_approves() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("plan_approved") && out.contains("cap it"),
+        "{out}"
+    );
+    // The action made it worse: the verifier queues the rollback step.
+    agent.run_actions(&w.http, "succeeded", 2);
+    wait_run(&w, "gpu_thermal", "verifying");
+    agent.window(&w.http, json!({"gpu.0.temp_c": 99.0}), &[]);
+    let closed = wait_run(&w, "gpu_thermal", "closed");
+    assert_eq!(closed["outcome"], "worse");
+    let v = artifact(&w, link(&closed, "verification_result"));
+    assert_eq!(v["body"]["verdict"], "worse", "{v}");
+    assert!(
+        v["body"]["rollback"]
+            .as_str()
+            .expect("rollback")
+            .contains("set_gpu_power_limit"),
+        "{v}"
+    );
+    let rollback = agent.run_actions(&w.http, "succeeded", 1);
+    assert_eq!(rollback[0]["kind"], "set_gpu_power_limit");
+    assert_eq!(rollback[0]["payload"]["watts_pct"], 100);
+    assert!(rollback[0]["idempotency_key"]
+        .as_str()
+        .expect("key")
+        .ends_with(":102"));
+    let (code, out, _) = tetherctl(&w, &["runs", "show", id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("worse: gpu.0.temp_c rose from 93.0 to 99.0"),
         "{out}"
     );
 }
