@@ -3,12 +3,12 @@
 // workload's instrumentation on the services page, and watch the action the
 // agent receives reach its final state. Screenshots of each page go to OUT_DIR.
 //
-// Usage: node console.mjs <control plane URL> <api key> <agent id> <workload key> <out dir>
+// Usage: node console.mjs <control plane URL> <api key> <agent id> <workload key> <out dir> <real agent id>
 // Exit 0 when every step passed; otherwise a message naming the step.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [url, apiKey, agentId, workload, outDir] = process.argv.slice(2);
+const [url, apiKey, agentId, workload, outDir, realAgentId] = process.argv.slice(2);
 mkdirSync(outDir, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -41,6 +41,12 @@ try {
   await agentRow.waitFor({ timeout: 15000 });
   const liveness = await agentRow.locator(".badge").textContent();
   if (liveness !== "active") throw new Error(`agent liveness is ${liveness}`);
+  step = "the real agent's health on the fleet page";
+  await page.waitForFunction((id) => {
+    const r = document.querySelector(`#fleet-rows tr[data-agent="${id}"]`);
+    const c = r && r.querySelector("td[data-unavailable]");
+    return c && c.dataset.unavailable.split(",").includes("gpu") && r.querySelector(".vitals").textContent.includes("mem");
+  }, realAgentId, { timeout: 20000 });
   await page.screenshot({ path: `${outDir}/02-fleet.png` });
 
   step = "services page";

@@ -87,6 +87,46 @@ async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
         .expect("credential")
         .to_owned();
 
+    // A real tether-agent beside the scripted one: the fleet page shows its
+    // collectors (no GPU, no cgroup v2 here) as it reports them.
+    let data = std::env::temp_dir().join(tether_e2e::unique_name("console-agent"));
+    let config = data.with_extension("json");
+    std::fs::write(
+        &config,
+        json!({"server_url": runner.url, "enrollment_token": token, "data_dir": data,
+               "telemetry_window_s": 1})
+        .to_string(),
+    )
+    .expect("agent config");
+    let mut real = Command::new(tether_e2e::workspace_bin("tether-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tether-agent");
+    let real_id = {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let agents = http.get("/v1/agents", Some(&key)).json;
+            if let Some(id) = agents["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["agent_id"] != agent_id.as_str())
+                .and_then(|a| a["agent_id"].as_str())
+            {
+                break id.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the real agent never enrolled"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let agent = {
         let (http, id, stop) = (runner.http(), agent_id.clone(), stop.clone());
@@ -103,11 +143,14 @@ async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
             WORKLOAD,
         ])
         .arg(&shots)
+        .arg(&real_id)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("node (Node.js) on PATH");
     let status = node.wait().expect("node finished");
+    let _ = real.kill();
+    let _ = real.wait();
     let (mut out, mut err) = (String::new(), String::new());
     node.stdout.take().map(|mut s| s.read_to_string(&mut out));
     node.stderr.take().map(|mut s| s.read_to_string(&mut err));

@@ -81,7 +81,8 @@ function vitalsText(v) {
 function collectorsCell(cs) {
   const down = cs.filter((c) => c.state !== "ok");
   const td = el("td", { title: down.map((c) => `${c.name}: ${c.reason}`).join("\n") },
-    down.length ? badge(`${down.length} unavailable`) : (cs.length ? badge("all ok") : ""));
+    down.length ? el("span", { class: "badge unavailable" }, `${down.length} unavailable: ${down.map((c) => c.name).join(", ")}`)
+      : (cs.length ? badge("all ok") : ""));
   td.dataset.unavailable = down.map((c) => c.name).join(",");
   return td;
 }
