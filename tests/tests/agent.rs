@@ -41,16 +41,80 @@ impl Agent {
     }
 }
 
-/// A real python3 holding a TCP connection to `port`.
+/// A real python3 holding a TLS connection (handshake done) to `port`.
 fn python_client(port: u16) -> Child {
     Command::new("python3")
         .args([
             "-c",
-            &format!("import socket,time\ns=socket.create_connection(('127.0.0.1',{port}))\ntime.sleep(600)"),
+            &format!(
+                "import socket,ssl,time\n\
+                 ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+                 s=ctx.wrap_socket(socket.create_connection(('127.0.0.1',{port})), server_hostname='localhost')\n\
+                 time.sleep(600)"
+            ),
         ])
         .stdout(Stdio::null())
         .spawn()
         .expect("python3")
+}
+
+/// A local TLS server standing in for an LLM provider (a throwaway self-signed
+/// certificate from the openssl CLI); it holds every connection open. Returns
+/// the server process and its port.
+fn tls_llm_endpoint(dir: &std::path::Path) -> (Child, u16) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port_file = dir.join("port");
+    let server = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket,ssl,threading\n\
+                 ctx=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain({cert:?},{key:?})\n\
+                 l=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
+                 open({port_file:?},'w').write(str(l.getsockname()[1]))\n\
+                 held=[]\n\
+                 while True:\n\
+                 \x20 c,_=l.accept()\n\
+                 \x20 try: held.append(ctx.wrap_socket(c, server_side=True))\n\
+                 \x20 except Exception: pass\n",
+                cert = cert.display().to_string(),
+                key = key.display().to_string(),
+                port_file = port_file.display().to_string(),
+            ),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 TLS server");
+    let port = wait_for("the TLS endpoint's port", || {
+        std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    });
+    (server, port)
 }
 
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -71,15 +135,9 @@ async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
     let mut runner = Runner::start(emu, &stack, &[("TETHER_POLL_INTERVAL_MS", "1000")]);
     let (key, token) = runner.bootstrap("fleet");
 
-    // A local endpoint standing in for an LLM provider; connections are held open.
-    let llm = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let llm_port = llm.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in llm.incoming().flatten() {
-            held.push(c);
-        }
-    });
+    // A local TLS endpoint standing in for an LLM provider.
+    let (mut tls_server, llm_port) =
+        tls_llm_endpoint(&std::env::temp_dir().join(unique_name("tls-llm")));
 
     let data = std::env::temp_dir().join(unique_name("agent-data"));
     let config = data.with_extension("json");
@@ -240,6 +298,8 @@ async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
 
     py.kill().expect("kill");
     let _ = py.wait();
+    let _ = tls_server.kill();
+    let _ = tls_server.wait();
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -416,5 +476,127 @@ async fn kill_9_at_any_moment_loses_nothing_acknowledged() {
         seqs.len() >= 5,
         "windows kept flowing across {kills} kills: {seqs:?}"
     );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A minimal forward proxy: CONNECT tunnels and absolute-form requests, piped to
+/// the upstream. Counts the connections it carried.
+fn forward_proxy() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let used = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = used.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().expect("clone"));
+                let mut head = Vec::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    head.push(line.clone());
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let Some(first) = head.first().cloned() else {
+                    return;
+                };
+                let target = first
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let connect = first.starts_with("CONNECT ");
+                let authority = if connect {
+                    target.clone()
+                } else {
+                    target
+                        .trim_start_matches("http://")
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let Ok(mut upstream) = TcpStream::connect(&authority) else {
+                    return;
+                };
+                let mut client_w = client.try_clone().expect("clone");
+                if connect {
+                    let _ = client_w.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                } else {
+                    let path = target
+                        .trim_start_matches("http://")
+                        .splitn(2, '/')
+                        .nth(1)
+                        .unwrap_or_default();
+                    let _ = upstream
+                        .write_all(first.replacen(&target, &format!("/{path}"), 1).as_bytes());
+                    for h in &head[1..] {
+                        let _ = upstream.write_all(h.as_bytes());
+                    }
+                }
+                let mut up_r = upstream.try_clone().expect("clone");
+                let pump = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut client_w);
+                });
+                let _ = std::io::copy(&mut reader, &mut upstream);
+                let _ = pump.join();
+            });
+        }
+    });
+    (port, used)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polls_go_through_https_proxy_unless_no_proxy_says_otherwise() {
+    let emu = Emulator::shared();
+    let stack = Stack::create(emu).await;
+    let runner = Runner::start(emu, &stack, &[("TETHER_POLL_INTERVAL_MS", "1000")]);
+    let (_, token) = runner.bootstrap("proxied");
+    let (proxy_port, used) = forward_proxy();
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let data = std::env::temp_dir().join(unique_name("agent-proxied"));
+    let config = data.with_extension("json");
+    std::fs::write(
+        &config,
+        json!({"server_url": runner.url, "enrollment_token": token, "data_dir": data}).to_string(),
+    )
+    .expect("config");
+    let agent = Agent { config };
+    let through = [
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("HTTP_PROXY", proxy.as_str()),
+        ("ALL_PROXY", proxy.as_str()),
+    ];
+    agent.once(&through);
+    agent.once(&through);
+    let carried = used.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(carried >= 1, "enroll and polls went through the proxy");
+    assert_eq!(agent.status()["health"], "healthy");
+    // NO_PROXY for the control plane's host: straight there.
+    let mut bypass = through.to_vec();
+    bypass.push(("NO_PROXY", "127.0.0.1"));
+    agent.once(&bypass);
+    assert_eq!(
+        used.load(std::sync::atomic::Ordering::SeqCst),
+        carried,
+        "NO_PROXY bypasses the proxy"
+    );
+    // A proxy that is down: the poll fails with a clear cause, nothing is lost.
+    let dead = "http://127.0.0.1:9";
+    let (code, _, err) = agent.run(
+        &["run", "--once"],
+        &[
+            ("HTTPS_PROXY", dead),
+            ("HTTP_PROXY", dead),
+            ("ALL_PROXY", dead),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot reach"), "{err}");
     let _ = std::fs::remove_dir_all(&data);
 }
