@@ -530,8 +530,8 @@ fn forward_proxy() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                 } else {
                     let path = target
                         .trim_start_matches("http://")
-                        .splitn(2, '/')
-                        .nth(1)
+                        .split_once('/')
+                        .map(|(_, p)| p)
                         .unwrap_or_default();
                     let _ = upstream
                         .write_all(first.replacen(&target, &format!("/{path}"), 1).as_bytes());
