@@ -484,9 +484,13 @@ pub fn workload_key(place: &Placement, environ: &HashMap<String, String>, exe: &
 /// first; only processes `want` keeps are read further (cmdline, status, stat,
 /// environ, cgroup), which is what keeps a scan of a busy host fast. Returns the
 /// kept processes, how many pids there were, and how many could not be read.
+/// `hit`: whether a process's sockets reach a watched endpoint. Processes that do
+/// not (the vast majority) cost one `readdir` of their fds and nothing more, unless
+/// `all_python` asks for every python process too.
 fn read_processes(
     proc_root: &Path,
-    want: &dyn Fn(&[u64], &str) -> bool,
+    hit: &dyn Fn(&[u64]) -> bool,
+    all_python: bool,
 ) -> (Vec<Process>, usize, usize) {
     let mut procs = Vec::new();
     let mut skipped = 0;
@@ -514,6 +518,10 @@ fn read_processes(
                     .collect()
             })
             .unwrap_or_default();
+        let is_hit = hit(&socket_inodes);
+        if !is_hit && !all_python {
+            continue;
+        }
         let exe = std::fs::read_link(base.join("exe"))
             .map(|p| {
                 p.display()
@@ -522,7 +530,7 @@ fn read_processes(
                     .to_owned()
             })
             .unwrap_or_default();
-        if !want(&socket_inodes, &exe) {
+        if !is_hit && !(exe.is_empty() || runtime_of(&exe, "") == "python") {
             continue;
         }
         let cmdline: Vec<String> = std::fs::read(base.join("cmdline"))
@@ -621,11 +629,8 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
         .map(|(inode, ip, port)| (inode, (ip, port)))
         .filter(|(_, (ip, port))| endpoints.iter().any(|e| e.matches(*ip, *port).is_some()))
         .collect();
-    let want = |inodes: &[u64], exe: &str| {
-        inodes.iter().any(|i| conns.contains_key(i))
-            || (all_python && (exe.is_empty() || runtime_of(exe, "") == "python"))
-    };
-    let (procs, seen, skipped) = read_processes(proc_root, &want);
+    let hit = |inodes: &[u64]| inodes.iter().any(|i| conns.contains_key(i));
+    let (procs, seen, skipped) = read_processes(proc_root, &hit, all_python);
     let mut by_key: BTreeMap<String, (u64, Service)> = BTreeMap::new();
     for p in &procs {
         let mut providers: Vec<String> = p
@@ -841,7 +846,7 @@ mod tests {
 
     #[test]
     fn this_process_is_found_in_the_real_proc() {
-        let (procs, seen, _) = read_processes(Path::new("/proc"), &|_, _| true);
+        let (procs, seen, _) = read_processes(Path::new("/proc"), &|_| true, false);
         assert!(seen >= procs.len());
         let me = procs
             .iter()
