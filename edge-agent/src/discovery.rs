@@ -530,7 +530,7 @@ fn read_processes(
                     .to_owned()
             })
             .unwrap_or_default();
-        if !is_hit && !(exe.is_empty() || runtime_of(&exe, "") == "python") {
+        if !(is_hit || exe.is_empty() || runtime_of(&exe, "") == "python") {
             continue;
         }
         let cmdline: Vec<String> = std::fs::read(base.join("cmdline"))

@@ -202,6 +202,8 @@ pub struct AuditEntry {
     pub at_ms: u64,
     pub actor: String,
     pub action: String,
+    /// Empty for entries about no run (a policy change); then left out of JSON.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub run_id: String,
     #[serde(default)]
     pub detail: String,
