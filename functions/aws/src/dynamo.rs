@@ -464,7 +464,8 @@ impl DynamoStore {
         Ok(items)
     }
 
-    async fn get(&self, k: &Key) -> Result<Option<Item>, StoreError> {
+    /// One item by key, strongly consistent.
+    pub(crate) async fn get(&self, k: &Key) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()

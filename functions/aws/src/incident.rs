@@ -23,7 +23,7 @@ use tether_core::incident::run::{
     ArtifactStore, AuditEntry, EvidencePoint, IncidentStore, Markers, PriorRecord, RunManifest,
     StageMessage, StageQueue,
 };
-use tether_core::key::{self, Key};
+use tether_core::key;
 use tether_core::model::{DoneItem, OutboxItem};
 use tether_core::port::{ActionEntry, StoreError};
 use tether_core::tenant::{AgentId, TenantId};
@@ -73,19 +73,6 @@ impl DynamoStore {
         };
         p.send().await.map_err(map_err)?;
         Ok(())
-    }
-
-    async fn get_one(&self, k: &Key) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_map(k)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(map_err)?;
-        Ok(out.item)
     }
 
     async fn query_prefix(
@@ -153,7 +140,7 @@ impl IncidentStore for DynamoStore {
         t: &TenantId,
         run_id: &str,
     ) -> Result<Option<RunManifest>, StoreError> {
-        self.get_one(&key::run(t, run_id))
+        self.get(&key::run(t, run_id))
             .await?
             .map(|i| manifest_from(&i))
             .transpose()
@@ -191,7 +178,7 @@ impl IncidentStore for DynamoStore {
     }
 
     async fn load_markers(&self, t: &TenantId, a: &AgentId) -> Result<Markers, StoreError> {
-        match self.get_one(&key::incident_markers(t, a)).await? {
+        match self.get(&key::incident_markers(t, a)).await? {
             None => Ok(Markers::default()),
             Some(i) => {
                 let mut m: Markers = body(&i)?;
@@ -234,7 +221,7 @@ impl IncidentStore for DynamoStore {
     }
 
     async fn load_policy(&self, t: &TenantId) -> Result<TenantPolicy, StoreError> {
-        match self.get_one(&key::policy(t)).await? {
+        match self.get(&key::policy(t)).await? {
             None => Ok(TenantPolicy::default()),
             Some(i) => body(&i),
         }
@@ -255,7 +242,7 @@ impl IncidentStore for DynamoStore {
         let hour = now_ms / 3_600_000;
         let k = key::rate(t, hour);
         if add == 0 {
-            return match self.get_one(&k).await? {
+            return match self.get(&k).await? {
                 None => Ok(0),
                 Some(i) => Ok(get_n(&i, "count")? as u32),
             };
@@ -334,11 +321,7 @@ impl IncidentStore for DynamoStore {
         item: &OutboxItem,
     ) -> Result<bool, StoreError> {
         // Absent from the outbox *and* from history: a finished action is never re-created.
-        if self
-            .get_one(&key::done(t, a, &item.action.id))
-            .await?
-            .is_some()
-        {
+        if self.get(&key::done(t, a, &item.action.id)).await?.is_some() {
             return Ok(false);
         }
         created(self.put_item(outbox_item(t, a, item)?, true).await)
@@ -350,7 +333,7 @@ impl IncidentStore for DynamoStore {
         a: &AgentId,
         action_id: &str,
     ) -> Result<Option<DoneItem>, StoreError> {
-        match self.get_one(&key::done(t, a, action_id)).await? {
+        match self.get(&key::done(t, a, action_id)).await? {
             None => Ok(None),
             Some(i) => match action_entry_from(&i)? {
                 ActionEntry::Done(_, d) => Ok(Some(d)),
