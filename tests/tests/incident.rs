@@ -717,6 +717,11 @@ async fn a_runner_killed_mid_chain_resumes_on_redelivery_without_duplicates() {
     w.runner.kill();
     w.runner.restart();
     w.http = w.runner.http();
+    // The killed runner's consumers may have had a long poll (1 s) open: SQS can
+    // hand a new message to it, and then that message stays invisible for the
+    // queue's visibility timeout (at-least-once delivery, redelivered later).
+    // Telemetry sent after that window reaches the new runner at once.
+    std::thread::sleep(Duration::from_millis(1500));
     let actions = agent.run_actions(&w.http, "succeeded", 1);
     assert_eq!(
         actions.len(),

@@ -18,6 +18,7 @@
 //! | `TETHER_CREDENTIAL_TTL_MS` | agent credential lifetime | 30 days |
 //! | `TETHER_QUEUE_URL_<ROLE>` | the queue of `ANALYZER`, `PLANNER`, `POLICY_GATE`, `EXECUTOR`, `VERIFIER`, `MEMORY` | unset: not sent to |
 //! | `TETHER_VERIFY_DELAY_S` | verifier's wait after an action (SQS delay) | 60 |
+//! | `TETHER_VERIFY_ATTEMPTS` | re-checks for fresh evidence before "inconclusive"; delay x attempts should exceed the observations queue's visibility timeout, so a redelivered window still counts | 3 |
 //! | `TETHER_CHECK_ACTIONS_S` | executor's re-check of outstanding actions | 60 |
 //! | `TETHER_MAX_RECEIVES` | tries before the dead-letter queue (match the redrive policy) | 5 |
 //! | `TETHER_INCIDENT_ACTION_TTL_MS` | lifetime of an incident action | 900000 |
@@ -173,6 +174,7 @@ impl Config {
             verify_delay_s: small("TETHER_VERIFY_DELAY_S", dc.verify_delay_s, 900)?,
             check_actions_s: small("TETHER_CHECK_ACTIONS_S", dc.check_actions_s, 900)?,
             max_receives: small("TETHER_MAX_RECEIVES", dc.max_receives, 1000)?,
+            verify_attempts: small("TETHER_VERIFY_ATTEMPTS", dc.verify_attempts, 100)?,
             action_ttl_ms: number(s, "TETHER_INCIDENT_ACTION_TTL_MS", dc.action_ttl_ms)?,
             suppress_ms: number(s, "TETHER_INCIDENT_SUPPRESS_MS", dc.suppress_ms)?,
             ..dc
