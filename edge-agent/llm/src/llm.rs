@@ -1,0 +1,164 @@
+//! From a request and its response to an [`LlmCall`], following the
+//! OpenTelemetry GenAI semantic conventions' vocabulary (`gen_ai.system`,
+//! `gen_ai.request.model`, `gen_ai.response.model`, `gen_ai.usage.input_tokens`,
+//! `gen_ai.usage.output_tokens`, `error.type`).
+//!
+//! Providers are recognised by path: `/chat/completions`, `/responses`,
+//! `/completions` (OpenAI-compatible), `/v1/messages` (Anthropic),
+//! `:generateContent` / `:streamGenerateContent` (Gemini). Streams are
+//! `text/event-stream`: usage arrives in the last events.
+
+use crate::http::Message;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmCall {
+    /// `gen_ai.system`: `openai`, `anthropic`, `gemini`.
+    pub system: &'static str,
+    /// `gen_ai.operation.name`: `chat`, `responses`, `text_completion`, `generate_content`.
+    pub operation: &'static str,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub status: u16,
+    /// `error.type`: the provider's error type or code, else the HTTP status class.
+    pub error_type: Option<String>,
+    pub streaming: bool,
+}
+
+fn kind(path: &str) -> Option<(&'static str, &'static str)> {
+    let p = path.split('?').next().unwrap_or(path);
+    if p.ends_with("/chat/completions") {
+        Some(("openai", "chat"))
+    } else if p.ends_with("/responses") {
+        Some(("openai", "responses"))
+    } else if p.ends_with("/completions") {
+        Some(("openai", "text_completion"))
+    } else if p.ends_with("/v1/messages") {
+        Some(("anthropic", "chat"))
+    } else if p.contains(":generateContent") || p.contains(":streamGenerateContent") {
+        Some(("gemini", "generate_content"))
+    } else {
+        None
+    }
+}
+
+/// The JSON payloads of an SSE body's `data:` lines (`[DONE]` and junk skipped).
+fn sse_events(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect()
+}
+
+fn u(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+fn s(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+/// Parses one request/response pair; `None` when it is not an LLM API call.
+pub fn parse_call(req: &Message, resp: &Message) -> Option<LlmCall> {
+    let (system, operation) = kind(&req.path)?;
+    let rq: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let streaming = resp
+        .header("content-type")
+        .is_some_and(|c| c.contains("text/event-stream"))
+        || rq["stream"].as_bool() == Some(true);
+    let mut call = LlmCall {
+        system,
+        operation,
+        request_model: s(&rq["model"]).or_else(|| {
+            // Gemini names the model in the path: /v1beta/models/<model>:generateContent
+            (system == "gemini").then(|| {
+                req.path
+                    .split("/models/")
+                    .nth(1)
+                    .and_then(|m| m.split(':').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        }),
+        response_model: None,
+        input_tokens: None,
+        output_tokens: None,
+        status: resp.status,
+        error_type: None,
+        streaming,
+    };
+    let events: Vec<Value> = if streaming {
+        sse_events(&resp.body)
+    } else {
+        serde_json::from_slice(&resp.body)
+            .map(|v| vec![v])
+            .unwrap_or_default()
+    };
+    for e in &events {
+        match system {
+            "openai" => {
+                call.response_model = s(&e["model"])
+                    .or_else(|| s(&e["response"]["model"]))
+                    .or(call.response_model.take());
+                let usage = if e["usage"].is_object() {
+                    &e["usage"]
+                } else {
+                    &e["response"]["usage"]
+                };
+                if let Some(n) = u(&usage["prompt_tokens"]).or_else(|| u(&usage["input_tokens"])) {
+                    call.input_tokens = Some(n);
+                }
+                if let Some(n) =
+                    u(&usage["completion_tokens"]).or_else(|| u(&usage["output_tokens"]))
+                {
+                    call.output_tokens = Some(n);
+                }
+            }
+            "anthropic" => {
+                let m = if e["message"].is_object() {
+                    &e["message"]
+                } else {
+                    e
+                };
+                if let Some(model) = s(&m["model"]) {
+                    call.response_model = Some(model);
+                }
+                if let Some(n) = u(&m["usage"]["input_tokens"]) {
+                    call.input_tokens = Some(n);
+                }
+                if let Some(n) =
+                    u(&m["usage"]["output_tokens"]).or_else(|| u(&e["usage"]["output_tokens"]))
+                {
+                    call.output_tokens = Some(n);
+                }
+            }
+            _ => {
+                if let Some(model) = s(&e["modelVersion"]) {
+                    call.response_model = Some(model);
+                }
+                let usage = &e["usageMetadata"];
+                if let Some(n) = u(&usage["promptTokenCount"]) {
+                    call.input_tokens = Some(n);
+                }
+                if let Some(n) = u(&usage["candidatesTokenCount"]) {
+                    call.output_tokens = Some(n);
+                }
+            }
+        }
+        if let Some(t) = s(&e["error"]["type"])
+            .or_else(|| s(&e["error"]["code"]))
+            .or_else(|| s(&e["error"]["status"]))
+        {
+            call.error_type = Some(t);
+        }
+    }
+    if call.error_type.is_none() && resp.status >= 400 {
+        call.error_type = Some(resp.status.to_string());
+    }
+    Some(call)
+}
