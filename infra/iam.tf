@@ -18,7 +18,7 @@ locals {
     "policy-gate" = { consumes = "policy-gate", sends = ["executor", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem"] }
     executor      = { consumes = "executor", sends = ["executor", "verifier", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"] }
     verifier      = { consumes = "verifier", sends = ["verifier", "memory"], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"] }
-    memory        = { consumes = "memory", sends = [], table = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"] }
+    memory        = { consumes = "memory", sends = [], table = ["dynamodb:GetItem", "dynamodb:PutItem"] }
   }
 
   role_statements = {
