@@ -132,11 +132,21 @@ pub struct Host {
     pub otlp_endpoint: String,
 }
 
+/// Runs `instrument` / `uninstrument`: the agent's instrumentation owns the
+/// probes, so these kinds are handed to it (after the ledger and allow-list).
+pub trait Instrument {
+    fn act(&mut self, a: &Action) -> (ResultStatus, String);
+    /// `collect_evidence` of `llm_calls`: what the capture saw, or why there
+    /// is no capture.
+    fn llm_evidence(&self) -> Result<String, String>;
+}
+
 /// Runs (or refuses) one action; returns the results to report, in phase order.
 pub fn handle(
     a: &Action,
     host: &Host,
     ledger: &mut Ledger,
+    inst: &mut dyn Instrument,
 ) -> Result<Vec<ActionResult>, LedgerError> {
     let allowed = &host.allowed;
     if let Some(prior) = ledger.seen(&a.idempotency_key) {
@@ -170,8 +180,17 @@ pub fn handle(
             Some(ResultStatus::Refused),
             &format!("action kind {kind} is not on this host's allow-list"),
         )
+    } else if kind == ActionKind::INSTRUMENT || kind == ActionKind::UNINSTRUMENT {
+        let started = now_ms();
+        let (status, message) = inst.act(a);
+        let mut r = result(a, ResultPhase::Final, Some(status), &message);
+        if matches!(status, ResultStatus::Succeeded | ResultStatus::Failed) {
+            r.started_at_ms = Some(started);
+            r.finished_at_ms = Some(now_ms());
+        }
+        r
     } else {
-        execute(a, host)
+        execute(a, host, inst)
     };
     ledger.append(&format!(
         "final {}",
@@ -323,13 +342,16 @@ fn python_sdk(a: &Action, host: &Host, enable: bool) -> ActionResult {
     r
 }
 
-fn execute(a: &Action, host: &Host) -> ActionResult {
+fn execute(a: &Action, host: &Host, inst: &dyn Instrument) -> ActionResult {
     let dry = a.mode == ActionMode::DryRun;
     let p = &a.payload;
     match a.kind.as_str() {
         "signal_process" => {
             let sig = p["signal"].as_str().unwrap_or("TERM");
-            let Some(pid) = p["pid"].as_u64().filter(|pid| *pid > 1 && *pid <= u64::from(u32::MAX)) else {
+            let Some(pid) = p["pid"]
+                .as_u64()
+                .filter(|pid| *pid > 1 && *pid <= u64::from(u32::MAX))
+            else {
                 return finished(a, ResultStatus::Failed, "payload needs a pid above 1");
             };
             let sig = sig.trim_start_matches("SIG");
@@ -337,7 +359,11 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
                 return finished(a, ResultStatus::Failed, "bad signal name");
             }
             if dry {
-                return finished(a, ResultStatus::DryRun, &format!("would send SIG{sig} to {pid}"));
+                return finished(
+                    a,
+                    ResultStatus::DryRun,
+                    &format!("would send SIG{sig} to {pid}"),
+                );
             }
             let mut c = Command::new("kill");
             c.arg(format!("-{sig}")).arg(pid.to_string());
@@ -345,21 +371,38 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
         }
         "restart_service" => {
             let Some(unit) = unit_of(a) else {
-                return finished(a, ResultStatus::Failed, "payload needs a unit ending in .service");
+                return finished(
+                    a,
+                    ResultStatus::Failed,
+                    "payload needs a unit ending in .service",
+                );
             };
             if dry {
-                return finished(a, ResultStatus::DryRun, &format!("would run systemctl restart {unit}"));
+                return finished(
+                    a,
+                    ResultStatus::DryRun,
+                    &format!("would run systemctl restart {unit}"),
+                );
             }
             run(a, vec![systemctl(&["restart", unit])])
         }
         "collect_evidence" => {
             let what = p["what"].as_str().unwrap_or("");
             if dry {
-                return finished(a, ResultStatus::DryRun, &format!("would collect {what} (read-only)"));
+                return finished(
+                    a,
+                    ResultStatus::DryRun,
+                    &format!("would collect {what} (read-only)"),
+                );
             }
             let started = now_ms();
             let unit = unit_of(a);
-            let mut r = match crate::evidence::collect(what, unit, Path::new("/proc")) {
+            let collected = if what == "llm_calls" {
+                inst.llm_evidence()
+            } else {
+                crate::evidence::collect(what, unit, Path::new("/proc"))
+            };
+            let mut r = match collected {
                 Ok(text) => {
                     let mut r = finished(a, ResultStatus::Succeeded, &format!("collected {what}"));
                     r.stdout_tail = text;
@@ -368,7 +411,9 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
                 Err(why) => finished(a, ResultStatus::Failed, &why),
             };
             // The bundle goes to the presigned URL the server handed out, if any.
-            if let (Some(url), Some(key)) = (p["upload"]["url"].as_str(), p["upload"]["key"].as_str()) {
+            if let (Some(url), Some(key)) =
+                (p["upload"]["url"].as_str(), p["upload"]["key"].as_str())
+            {
                 let bundle = crate::evidence::bundle(what, unit, Path::new("/proc"));
                 match crate::evidence::upload(url, &bundle) {
                     Ok(()) => r.evidence_refs.push(key.to_owned()),
@@ -384,11 +429,6 @@ fn execute(a: &Action, host: &Host) -> ActionResult {
         }
         ActionKind::ENABLE_PYTHON_SDK => python_sdk(a, host, true),
         ActionKind::DISABLE_PYTHON_SDK => python_sdk(a, host, false),
-        ActionKind::INSTRUMENT | ActionKind::UNINSTRUMENT => finished(
-            a,
-            ResultStatus::Refused,
-            "unsupported on this host: eBPF instrumentation is not implemented in this agent version",
-        ),
         other => finished(
             a,
             ResultStatus::Refused,
@@ -429,6 +469,22 @@ mod tests {
         (p, l)
     }
 
+    /// Instrumentation as on a host without eBPF.
+    struct NoProbes;
+
+    impl Instrument for NoProbes {
+        fn act(&mut self, _: &Action) -> (ResultStatus, String) {
+            (
+                ResultStatus::Refused,
+                "instrumentation unavailable: no eBPF here".into(),
+            )
+        }
+
+        fn llm_evidence(&self) -> Result<String, String> {
+            Err("instrumentation unavailable: no eBPF here".into())
+        }
+    }
+
     fn host(allowed: &[&str]) -> Host {
         Host {
             allowed: allowed.iter().map(|s| s.to_string()).collect(),
@@ -452,7 +508,7 @@ mod tests {
             serde_json::json!({"pid": child.id(), "signal": "TERM"}),
         );
         let h = host(&["signal_process"]);
-        let first = handle(&a, &h, &mut l).expect("handle");
+        let first = handle(&a, &h, &mut l, &mut NoProbes).expect("handle");
         assert_eq!(
             phases(&first),
             vec![
@@ -472,7 +528,7 @@ mod tests {
         // this pid's predecessor, so watch the ledger file instead: no new key.
         let before = std::fs::read_to_string(&path).expect("ledger text");
         let mut reopened = Ledger::open(&path).expect("reopen");
-        let again = handle(&a, &h, &mut reopened).expect("handle");
+        let again = handle(&a, &h, &mut reopened, &mut NoProbes).expect("handle");
         assert_eq!(
             phases(&again),
             vec![ResultPhase::Received, ResultPhase::Final]
@@ -495,7 +551,7 @@ mod tests {
         std::fs::write(&path, "taken k9\nfinal {torn").expect("write");
         let mut l = Ledger::open(&path).expect("open");
         let a = action("signal_process", "k9", serde_json::json!({"pid": 999_999}));
-        let r = handle(&a, &host(&["signal_process"]), &mut l).expect("handle");
+        let r = handle(&a, &host(&["signal_process"]), &mut l, &mut NoProbes).expect("handle");
         assert_eq!(r[1].status, Some(ResultStatus::Failed));
         assert!(r[1].message.starts_with("interrupted"), "{}", r[1].message);
     }
@@ -511,6 +567,7 @@ mod tests {
             ),
             &host(&[]),
             &mut l,
+            &mut NoProbes,
         )
         .expect("handle");
         assert_eq!(
@@ -524,24 +581,35 @@ mod tests {
         );
         let mut old = action("signal_process", "k3", serde_json::json!({"pid": 1}));
         old.expires_at_ms = 1;
-        let exp = handle(&old, &host(&["signal_process"]), &mut l).expect("handle");
+        let exp = handle(&old, &host(&["signal_process"]), &mut l, &mut NoProbes).expect("handle");
         assert_eq!(exp[1].status, Some(ResultStatus::Refused));
         assert!(exp[1].message.starts_with("expired"), "{}", exp[1].message);
         let inst = handle(
             &action("instrument", "k4", serde_json::Value::Null),
             &host(&["instrument"]),
             &mut l,
+            &mut NoProbes,
         )
         .expect("handle");
         assert_eq!(inst[1].status, Some(ResultStatus::Refused));
-        assert_eq!(
-            inst[1].message,
-            "unsupported on this host: eBPF instrumentation is not implemented in this agent version"
+        assert_eq!(inst[1].message, "instrumentation unavailable: no eBPF here");
+        let refused = handle(
+            &action("instrument", "k4b", serde_json::Value::Null),
+            &host(&["signal_process"]),
+            &mut l,
+            &mut NoProbes,
+        )
+        .expect("handle");
+        assert!(
+            refused[1].message.contains("not on this host's allow-list"),
+            "{}",
+            refused[1].message
         );
         let unknown = handle(
             &action("drain_gpu", "k6", serde_json::Value::Null),
             &host(&["drain_gpu"]),
             &mut l,
+            &mut NoProbes,
         )
         .expect("handle");
         assert_eq!(unknown[1].status, Some(ResultStatus::Refused));
@@ -556,7 +624,7 @@ mod tests {
             serde_json::json!({"unit": "chat.service"}),
         );
         dry.mode = ActionMode::DryRun;
-        let d = handle(&dry, &host(&["restart_service"]), &mut l).expect("handle");
+        let d = handle(&dry, &host(&["restart_service"]), &mut l, &mut NoProbes).expect("handle");
         assert_eq!(d[1].status, Some(ResultStatus::DryRun));
         assert_eq!(d[1].message, "would run systemctl restart chat.service");
         let evil = handle(
@@ -567,6 +635,7 @@ mod tests {
             ),
             &host(&["restart_service"]),
             &mut l,
+            &mut NoProbes,
         )
         .expect("handle");
         assert_eq!(evil[1].status, Some(ResultStatus::Failed));
@@ -579,7 +648,7 @@ mod tests {
         let mut a = action(ActionKind::ENABLE_PYTHON_SDK, "p1", serde_json::Value::Null);
         a.target = "systemd:chat-api.service".into();
         a.mode = ActionMode::DryRun;
-        let r = handle(&a, &h, &mut l).expect("handle");
+        let r = handle(&a, &h, &mut l, &mut NoProbes).expect("handle");
         assert_eq!(r[1].status, Some(ResultStatus::DryRun));
         let dropin = h
             .systemd_dir
@@ -602,7 +671,7 @@ mod tests {
         let mut x = a.clone();
         x.mode = ActionMode::Execute;
         x.idempotency_key = "p2".into();
-        let r = handle(&x, &h, &mut l).expect("handle");
+        let r = handle(&x, &h, &mut l, &mut NoProbes).expect("handle");
         assert_eq!(
             std::fs::read_to_string(&dropin).expect("drop-in"),
             python_sdk_dropin_text("chat-api.service", &h)
@@ -611,13 +680,13 @@ mod tests {
         let mut off = x.clone();
         off.kind = ActionKind::new(ActionKind::DISABLE_PYTHON_SDK);
         off.idempotency_key = "p3".into();
-        handle(&off, &h, &mut l).expect("handle");
+        handle(&off, &h, &mut l, &mut NoProbes).expect("handle");
         assert!(!dropin.exists(), "disable removes the drop-in");
 
         let mut host_target = a.clone();
         host_target.target = "host:/usr/bin/python3".into();
         host_target.idempotency_key = "p4".into();
-        let r = handle(&host_target, &h, &mut l).expect("handle");
+        let r = handle(&host_target, &h, &mut l, &mut NoProbes).expect("handle");
         assert_eq!(r[1].status, Some(ResultStatus::Refused));
     }
 }

@@ -22,6 +22,7 @@ use crate::backoff;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::discovery::{self, Resolver, ScanOptions};
+use crate::instrument::Instrumenter;
 use crate::spool::{Record, RecordKey, Spool};
 use crate::state::{self, Credential, PollState, Status};
 use crate::telemetry::Sampler;
@@ -137,6 +138,16 @@ fn hostname() -> String {
 
 pub const CAPABILITIES: &[&str] = &["proc", "systemd"];
 
+/// What this agent can do here: [`CAPABILITIES`], plus `ebpf` when its probes
+/// are loaded.
+fn capabilities(ebpf: bool) -> Vec<String> {
+    let mut c: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    if ebpf {
+        c.push("ebpf".into());
+    }
+    c
+}
+
 /// Enrolls with the configured token and stores the credential (mode 0600).
 pub fn enroll(cfg: &Config, t: &dyn Transport) -> Result<Credential, AgentError> {
     let token = cfg
@@ -197,7 +208,26 @@ pub struct Agent<T: Transport> {
     started: Instant,
     dropped_before: u64,
     workloads: WorkloadWatch,
+    inst: Instrumenter,
+    /// Every process of each workload the last scan reported.
+    members: BTreeMap<String, Vec<u32>>,
     pub status: Status,
+}
+
+/// The agent's instrumentation, seen by the action runner with the last scan.
+struct Acting<'a> {
+    inst: &'a mut Instrumenter,
+    members: &'a BTreeMap<String, Vec<u32>>,
+}
+
+impl actions::Instrument for Acting<'_> {
+    fn act(&mut self, a: &tether_proto::Action) -> (tether_proto::ResultStatus, String) {
+        self.inst.act(a, self.members)
+    }
+
+    fn llm_evidence(&self) -> Result<String, String> {
+        self.inst.llm_evidence()
+    }
 }
 
 /// What discovery says about workloads between two windows: restarts (same
@@ -303,12 +333,16 @@ impl<T: Transport> Agent<T> {
             eprintln!("tether-agent: llm_hosts: ignoring {bad:?}: not a host name, address, ip:port or CIDR");
         }
         let systemd_dir = PathBuf::from("/etc/systemd/system");
+        let inst = Instrumenter::start(cfg.ebpf, &dir, &cfg.otlp_endpoint, hostname());
+        let mut collectors = sample.collectors;
+        collectors.push(inst.collector());
         Ok(Self {
             inventory: inventory(&cfg, sample.gpus.clone()),
             resolver,
             scan_opts: ScanOptions {
                 all_python: cfg.report_all_python,
                 systemd_dir: systemd_dir.clone(),
+                connects: Default::default(),
             },
             host: Host {
                 allowed: cfg.allowed_actions.clone(),
@@ -321,11 +355,13 @@ impl<T: Transport> Agent<T> {
             started: Instant::now(),
             dropped_before: status.spool_dropped,
             workloads: WorkloadWatch::default(),
+            inst,
+            members: BTreeMap::new(),
             status: Status {
                 agent_id: cred.agent_id.clone(),
                 server_url: cfg.server_url.clone(),
                 vitals: crate::telemetry::vitals(&sample.metrics),
-                collectors: sample.collectors,
+                collectors,
                 ..status
             },
             cfg,
@@ -350,9 +386,11 @@ impl<T: Transport> Agent<T> {
         }
         let sample = self.sampler.sample();
         self.status.collectors = sample.collectors;
+        self.status.collectors.push(self.inst.collector());
         self.status.vitals = crate::telemetry::vitals(&sample.metrics);
         let mut metrics = sample.metrics;
         self.workloads.drain_into(&mut metrics);
+        self.inst.drain_into(&mut metrics);
         let w = TelemetryWindow {
             seq: self.state.next_window_seq,
             start_ms: self.window_start_ms,
@@ -374,8 +412,14 @@ impl<T: Transport> Agent<T> {
     /// One cycle; says when to poll next.
     pub fn cycle(&mut self) -> Result<Next, AgentError> {
         self.spool_window_if_due()?;
+        self.scan_opts.connects = self.inst.take_connects();
         let scan = discovery::scan(&self.proc_root, &self.resolver.endpoints(), &self.scan_opts);
+        self.inst.reconcile(&scan.members);
+        self.members = scan.members;
         let mut services = scan.services;
+        for s in &mut services {
+            s.instrumented = self.inst.is_instrumented(s.pid);
+        }
         services.truncate(MAX_SERVICES_PER_POLL);
         self.workloads.see(&services);
         let hash = services_hash(&services);
@@ -410,7 +454,7 @@ impl<T: Transport> Agent<T> {
             protocol: PROTOCOL_VERSION,
             agent_id: self.cred.agent_id.clone(),
             seq: self.state.seq,
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            capabilities: capabilities(self.inst.available().is_ok()),
             inventory_hash: inv_hash.clone(),
             inventory: send_inventory.then(|| self.inventory.clone()),
             services_hash: hash.clone(),
@@ -510,7 +554,11 @@ impl<T: Transport> Agent<T> {
                 continue;
             }
             ran_any = true;
-            for r in actions::handle(a, &self.host, &mut self.ledger).map_err(local)? {
+            let mut acting = Acting {
+                inst: &mut self.inst,
+                members: &self.members,
+            };
+            for r in actions::handle(a, &self.host, &mut self.ledger, &mut acting).map_err(local)? {
                 self.spool.append(&Record::Result(r)).map_err(local)?;
             }
         }
@@ -550,6 +598,7 @@ impl<T: Transport> Agent<T> {
     pub fn write_status(&mut self) {
         self.status.spool_depth = self.spool.depth();
         self.status.spool_dropped = self.dropped();
+        self.status.instrumentation = Some(self.inst.status());
         if let Err(e) = state::write(&status_path(&self.cfg.data_dir), &self.status, 0o644) {
             eprintln!("tether-agent: cannot write status: {e}");
         }
@@ -602,6 +651,7 @@ pub fn run_loop<T: Transport>(
         if stop.load(Ordering::Relaxed) || clock.sleep(wait, stop) {
             eprintln!("tether-agent: stopping (signal); spool and state are on disk");
             a.write_status();
+            a.inst.stop();
             return Ok(());
         }
     }
@@ -676,6 +726,7 @@ mod tests {
             "TETHER_AGENT_SERVER_URL" => Some("http://127.0.0.1:9".into()),
             "TETHER_AGENT_DATA_DIR" => Some(d.clone()),
             "TETHER_AGENT_MAX_BACKOFF_S" => Some("60".into()),
+            "TETHER_AGENT_EBPF" => Some("false".into()),
             _ => None,
         })
         .expect("config");

@@ -40,8 +40,12 @@ pub struct Config {
     /// Directory holding the Python SDK (`sitecustomize.py`), put on `PYTHONPATH`
     /// by `enable_python_sdk`.
     pub python_sdk_path: String,
-    /// OTLP endpoint the Python SDK exports to.
+    /// OTLP/HTTP endpoint the Python SDK and the eBPF capture export spans to
+    /// (`<endpoint>/v1/traces`); empty turns the capture's export off.
     pub otlp_endpoint: String,
+    /// Load the eBPF probes (connect tracepoint; TLS uprobes on `instrument`).
+    /// `false` keeps the agent to `/proc` scanning and refuses `instrument`.
+    pub ebpf: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("labels", Kind::Map),
     ("python_sdk_path", Kind::Text),
     ("otlp_endpoint", Kind::Text),
+    ("ebpf", Kind::Bool),
 ];
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
@@ -175,6 +180,7 @@ impl Config {
                 "/opt/tether/python-sdk".into()
             })?,
             otlp_endpoint: take(&mut doc, "otlp_endpoint", || "http://127.0.0.1:4318".into())?,
+            ebpf: take(&mut doc, "ebpf", || true)?,
         };
         if let Some(unknown) = doc.keys().next() {
             return Err(invalid(unknown, "unknown key"));

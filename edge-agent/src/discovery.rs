@@ -489,7 +489,7 @@ pub fn workload_key(place: &Placement, environ: &HashMap<String, String>, exe: &
 /// `all_python` asks for every python process too.
 fn read_processes(
     proc_root: &Path,
-    hit: &dyn Fn(&[u64]) -> bool,
+    hit: &dyn Fn(u32, &[u64]) -> bool,
     all_python: bool,
 ) -> (Vec<Process>, usize, usize) {
     let mut procs = Vec::new();
@@ -518,7 +518,7 @@ fn read_processes(
                     .collect()
             })
             .unwrap_or_default();
-        let is_hit = hit(&socket_inodes);
+        let is_hit = hit(pid, &socket_inodes);
         if !is_hit && !all_python {
             continue;
         }
@@ -598,6 +598,8 @@ fn read_processes(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scan {
     pub services: Vec<Service>,
+    /// Every process of each reported workload (the service names the oldest).
+    pub members: BTreeMap<String, Vec<u32>>,
     pub processes: usize,
     pub skipped: usize,
 }
@@ -610,6 +612,9 @@ pub struct ScanOptions {
     /// Where systemd drop-ins live (`/etc/systemd/system`): a service whose unit
     /// has the Python SDK drop-in is reported with `python_sdk: true`.
     pub systemd_dir: PathBuf,
+    /// Remote addresses per pid seen by the eBPF connect probe since the last
+    /// scan: catches connections too short-lived for `/proc/net` to show.
+    pub connects: HashMap<u32, Vec<(IpAddr, u16)>>,
 }
 
 /// The drop-in `enable_python_sdk` writes for `unit`.
@@ -629,9 +634,24 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
         .map(|(inode, ip, port)| (inode, (ip, port)))
         .filter(|(_, (ip, port))| endpoints.iter().any(|e| e.matches(*ip, *port).is_some()))
         .collect();
-    let hit = |inodes: &[u64]| inodes.iter().any(|i| conns.contains_key(i));
+    let probed = |pid: u32| -> Vec<String> {
+        opts.connects
+            .get(&pid)
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .filter_map(|(ip, port)| endpoints.iter().find_map(|e| e.matches(*ip, *port)))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let hit = |pid: u32, inodes: &[u64]| {
+        inodes.iter().any(|i| conns.contains_key(i)) || !probed(pid).is_empty()
+    };
     let (procs, seen, skipped) = read_processes(proc_root, &hit, all_python);
     let mut by_key: BTreeMap<String, (u64, Service)> = BTreeMap::new();
+    let mut members: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for p in &procs {
         let mut providers: Vec<String> = p
             .socket_inodes
@@ -639,12 +659,17 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
             .filter_map(|i| conns.get(i))
             .filter_map(|(ip, port)| endpoints.iter().find_map(|e| e.matches(*ip, *port)))
             .map(str::to_owned)
+            .chain(probed(p.pid))
             .collect();
         providers.sort();
         providers.dedup();
         if providers.is_empty() && !(all_python && p.runtime == "python") {
             continue;
         }
+        members
+            .entry(p.workload_key.clone())
+            .or_default()
+            .push(p.pid);
         let svc = Service {
             workload_key: p.workload_key.clone(),
             pid: p.pid,
@@ -667,6 +692,7 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
     }
     Scan {
         services: by_key.into_values().map(|(_, s)| s).collect(),
+        members,
         processes: seen,
         skipped,
     }
@@ -846,7 +872,7 @@ mod tests {
 
     #[test]
     fn this_process_is_found_in_the_real_proc() {
-        let (procs, seen, _) = read_processes(Path::new("/proc"), &|_| true, false);
+        let (procs, seen, _) = read_processes(Path::new("/proc"), &|_, _| true, false);
         assert!(seen >= procs.len());
         let me = procs
             .iter()
@@ -906,6 +932,7 @@ mod tests {
         let opts = ScanOptions {
             all_python: false,
             systemd_dir: root.join("systemd"),
+            connects: HashMap::new(),
         };
         let _warm = scan(&root, &eps, &opts);
         let t = std::time::Instant::now();

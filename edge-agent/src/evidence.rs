@@ -37,12 +37,8 @@ pub fn collect(what: &str, unit: Option<&str>, proc_root: &Path) -> Result<Strin
             ],
         )
         .map_err(|e| format!("no GPU evidence: {e}"))?,
-        "llm_calls" => {
-            return Err(
-                "LLM call summaries need eBPF instrumentation, which this agent version does not have"
-                    .into(),
-            )
-        }
+        // Answered by the agent's instrumentation (actions::Instrument).
+        "llm_calls" => return Err("LLM call summaries come from the eBPF capture".into()),
         other => return Err(format!("unknown evidence kind {other:?}")),
     };
     Ok(bounded(text))

@@ -3,11 +3,16 @@
 mod actions;
 mod agent;
 mod backoff;
+mod capture;
 mod clock;
 mod config;
 mod discovery;
+mod ebpf;
 mod evidence;
 mod gpu;
+mod instrument;
+mod llmstats;
+mod otlp;
 mod spool;
 mod state;
 mod telemetry;
@@ -20,8 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str =
-    "usage: tether-agent [--config FILE] enroll [--force] | run [--once] | status | scan";
+const USAGE: &str = "usage: tether-agent [--config FILE] enroll [--force] | run [--once] | status | scan | capture --pid PID [--pid PID ...] [--seconds N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             let opts = discovery::ScanOptions {
                 all_python: cfg.report_all_python,
                 systemd_dir: PathBuf::from("/etc/systemd/system"),
+                connects: Default::default(),
             };
             let t = std::time::Instant::now();
             let s = discovery::scan(std::path::Path::new("/proc"), &eps, &opts);
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
+        Some("capture") => capture(&cfg, &rest[1..]),
         _ => Err(AgentError::Local(USAGE.into())),
     };
     match result {
@@ -73,6 +79,90 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `capture`: instruments the given processes directly (no control plane),
+/// until they exit, `--seconds` pass or SIGINT; exports spans to the configured
+/// `otlp_endpoint` and prints one JSON report: calls, summaries, the agent's CPU
+/// and memory, and its eBPF maps' kernel memory. For debugging a host and for
+/// `bin/bench-ebpf`.
+fn capture(cfg: &config::Config, args: &[&str]) -> Result<(), AgentError> {
+    let usage = || AgentError::Local(USAGE.into());
+    let mut pids = Vec::new();
+    let mut seconds = u64::MAX;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(usage)?;
+        match *a {
+            "--pid" => pids.push(v.parse::<u32>().map_err(|_| usage())?),
+            "--seconds" => seconds = v.parse().map_err(|_| usage())?,
+            _ => return Err(usage()),
+        }
+    }
+    if pids.is_empty() {
+        return Err(usage());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+    }
+    let scratch = std::env::temp_dir().join(format!("tether-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| AgentError::Local(e.to_string()))?;
+    let mut inst = instrument::Instrumenter::start(
+        cfg.ebpf,
+        &scratch,
+        &cfg.otlp_endpoint,
+        agent::inventory(cfg, vec![]).hostname,
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    inst.available()
+        .map_err(|why| AgentError::Local(format!("instrumentation unavailable: {why}")))?;
+    for pid in &pids {
+        let how = inst.attach_pid(*pid).map_err(AgentError::Local)?;
+        eprintln!("tether-agent: capturing {how}");
+    }
+    // The whole agent's CPU time (every thread), in ms.
+    let cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+    };
+    let cpu0 = cpu();
+    let started = std::time::Instant::now();
+    let alive = |p: &u32| std::path::Path::new(&format!("/proc/{p}")).exists();
+    while pids.iter().any(alive)
+        && started.elapsed().as_secs() < seconds
+        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last records are read and the last spans exported.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_ms = cpu() - cpu0;
+    let mut summary = std::collections::BTreeMap::new();
+    inst.drain_into(&mut summary);
+    let maps = ebpf::map_memory();
+    let proc_status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |k: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let report = serde_json::json!({
+        "seconds": started.elapsed().as_secs_f64(),
+        "instrumentation": inst.status(),
+        "summary": summary,
+        "agent_cpu_ms": cpu_ms,
+        "agent_rss_kib": kib("VmRSS:"),
+        "agent_hwm_kib": kib("VmHWM:"),
+        "bpf_maps": maps.iter().map(|(id, ty, mem)| serde_json::json!({"id": id, "type": ty, "memlock_bytes": mem})).collect::<Vec<_>>(),
+        "bpf_maps_bytes": maps.iter().map(|m| m.2).sum::<u64>(),
+    });
+    inst.stop();
+    println!("{report}");
+    Ok(())
 }
 
 fn transport(cfg: &config::Config) -> transport::UreqTransport {

@@ -61,6 +61,10 @@ pub struct Status {
     /// Headline numbers of the last window (see `telemetry::vitals`).
     #[serde(default)]
     pub vitals: std::collections::BTreeMap<String, f64>,
+    /// eBPF instrumentation: state, instrumented processes, capture and export
+    /// counters.
+    #[serde(default)]
+    pub instrumentation: Option<crate::instrument::InstrumentationStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -43,9 +43,20 @@ impl Message {
 #[derive(Debug)]
 enum State {
     Head,
-    Body { msg: Message, left: usize },
-    Chunked { msg: Message, left: Option<usize> },
-    UntilClose { msg: Message },
+    Body {
+        msg: Message,
+        left: usize,
+    },
+    /// `done`: the message was already emitted (its SSE stream ended before the
+    /// last chunk); the rest of the body is consumed and discarded.
+    Chunked {
+        msg: Message,
+        left: Option<usize>,
+        done: bool,
+    },
+    UntilClose {
+        msg: Message,
+    },
 }
 
 /// Reassembly state of one direction.
@@ -108,7 +119,7 @@ impl Stream {
                         false
                     }
                 }
-                State::Chunked { msg, left } => self.chunk(msg, left, &mut out),
+                State::Chunked { msg, left, done } => self.chunk(msg, left, done, &mut out),
                 State::UntilClose { mut msg } => {
                     let room = MAX_BODY.saturating_sub(msg.body.len());
                     let n = room.min(self.buf.len());
@@ -122,6 +133,13 @@ impl Stream {
                 return out;
             }
         }
+    }
+
+    /// Between messages: nothing buffered, no message under way (a message
+    /// complete early, at its stream's last event, still awaiting its final
+    /// chunk, counts as under way).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Head) && self.buf.is_empty()
     }
 
     /// The connection closed: a response delimited by the close is complete.
@@ -207,7 +225,11 @@ impl Stream {
             .header("content-length")
             .and_then(|v| v.trim().parse::<usize>().ok());
         self.state = if chunked {
-            State::Chunked { msg, left: None }
+            State::Chunked {
+                msg,
+                left: None,
+                done: false,
+            }
         } else if let Some(n) = length {
             if n > MAX_BODY {
                 self.dropped += 1;
@@ -245,7 +267,13 @@ impl Stream {
         true
     }
 
-    fn chunk(&mut self, mut msg: Message, left: Option<usize>, out: &mut Vec<Message>) -> bool {
+    fn chunk(
+        &mut self,
+        mut msg: Message,
+        left: Option<usize>,
+        done: bool,
+        out: &mut Vec<Message>,
+    ) -> bool {
         match left {
             None => {
                 let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
@@ -254,7 +282,11 @@ impl Stream {
                         self.buf.clear();
                         return false;
                     }
-                    self.state = State::Chunked { msg, left: None };
+                    self.state = State::Chunked {
+                        msg,
+                        left: None,
+                        done,
+                    };
                     return false;
                 };
                 let line = String::from_utf8_lossy(&self.buf[..eol]).to_string();
@@ -266,9 +298,11 @@ impl Stream {
                         if self.buf.starts_with(b"\r\n") {
                             self.buf.drain(..2);
                         }
-                        match finish_body(msg) {
-                            Some(m) => out.push(m),
-                            None => self.dropped += 1,
+                        if !done {
+                            match finish_body(msg) {
+                                Some(m) => out.push(m),
+                                None => self.dropped += 1,
+                            }
                         }
                         true
                     }
@@ -276,6 +310,7 @@ impl Stream {
                         self.state = State::Chunked {
                             msg,
                             left: Some(n + 2),
+                            done,
                         };
                         true
                     }
@@ -290,20 +325,53 @@ impl Stream {
                 let data: Vec<u8> = self.buf.drain(..take).collect();
                 // The last two bytes of a chunk are its CRLF.
                 let keep = data.len().min(n.saturating_sub(2));
-                msg.body.extend_from_slice(&data[..keep]);
+                if !done {
+                    msg.body.extend_from_slice(&data[..keep]);
+                }
                 if take == n {
-                    self.state = State::Chunked { msg, left: None };
+                    // Clients stop reading at an SSE stream's last event (the
+                    // openai SDK closes at `[DONE]`), so the last chunk may never
+                    // be read: the message is complete at that event.
+                    let ended = !done && sse_ended(&msg);
+                    if ended {
+                        match finish_body(std::mem::take(&mut msg)) {
+                            Some(m) => out.push(m),
+                            None => self.dropped += 1,
+                        }
+                    }
+                    self.state = State::Chunked {
+                        msg,
+                        left: None,
+                        done: done || ended,
+                    };
                     true
                 } else {
                     self.state = State::Chunked {
                         msg,
                         left: Some(n - take),
+                        done,
                     };
                     false
                 }
             }
         }
     }
+}
+
+/// Whether an event-stream body has reached its provider's final event:
+/// OpenAI's `data: [DONE]` or Anthropic's `message_stop`.
+fn sse_ended(msg: &Message) -> bool {
+    let sse = msg
+        .header("content-type")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    if !sse {
+        return false;
+    }
+    let tail = &msg.body[msg.body.len().saturating_sub(512)..];
+    let has = |n: &[u8]| tail.windows(n.len()).any(|w| w == n);
+    let last_event_complete = tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n");
+    last_event_complete
+        && (has(b"data: [DONE]") || has(b"data:[DONE]") || has(b"event: message_stop"))
 }
 
 fn collect(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {

@@ -261,3 +261,50 @@ proptest! {
         prop_assert_eq!((c.input_tokens, c.output_tokens), (Some(5), Some(6)));
     }
 }
+
+#[test]
+fn an_sse_stream_is_complete_at_its_last_event_even_if_the_last_chunk_is_never_read() {
+    // The openai SDK stops reading at `data: [DONE]`; the terminating chunk may
+    // never pass through SSL_read.
+    let done = chunked(
+        200,
+        "text/event-stream",
+        &[
+            "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        ],
+    );
+    let cut = &done[..done.len() - b"0\r\n\r\n".len()];
+    let mut s = Stream::new(Direction::Response);
+    let got = s.push(cut);
+    assert_eq!(got.len(), 1, "complete at [DONE]");
+    let req = one(
+        Direction::Request,
+        &request(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o","stream":true}"#,
+        ),
+    );
+    let call = parse_call(&req, &got[0]).expect("a call");
+    assert_eq!((call.input_tokens, call.output_tokens), (Some(11), Some(7)));
+    // When the last chunk does arrive it completes nothing more, and the next
+    // response on the connection still parses.
+    let mut rest = b"0\r\n\r\n".to_vec();
+    rest.extend(response(200, "application/json", "{}"));
+    let next = s.push(&rest);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].body, b"{}");
+    // Anthropic's stream ends at message_stop.
+    let anthropic = chunked(
+        200,
+        "text/event-stream",
+        &["event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"],
+    );
+    let mut a = Stream::new(Direction::Response);
+    assert_eq!(a.push(&anthropic[..anthropic.len() - 5]).len(), 1);
+    // A stream cut before its last event is not complete.
+    let mut early = Stream::new(Direction::Response);
+    let half = chunked(200, "text/event-stream", &["data: {\"choices\":[]}\n\n"]);
+    assert!(early.push(&half[..half.len() - 5]).is_empty());
+}
