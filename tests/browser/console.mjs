@@ -1,14 +1,15 @@
 // Drives the Tether web console in headless Chromium, as an operator would:
-// sign in (a wrong key first), see the enrolled agent on the fleet page, flip a
-// workload's instrumentation on the services page, and watch the action the
-// agent receives reach its final state. Screenshots of each page go to OUT_DIR.
+// sign in (a wrong key first), see the enrolled (real) agent on the fleet page
+// with its health, flip a workload's instrumentation on the services page, and
+// watch the action the agent receives reach its final state and the workload
+// report instrumented. Screenshots of each page go to OUT_DIR.
 //
-// Usage: node console.mjs <control plane URL> <api key> <agent id> <workload key> <out dir> <real agent id>
+// Usage: node console.mjs <control plane URL> <api key> <agent id> <workload key> <out dir>
 // Exit 0 when every step passed; otherwise a message naming the step.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [url, apiKey, agentId, workload, outDir, realAgentId] = process.argv.slice(2);
+const [url, apiKey, agentId, workload, outDir] = process.argv.slice(2);
 mkdirSync(outDir, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -39,14 +40,14 @@ try {
   step = "agent on the fleet page";
   const agentRow = page.locator(`#fleet-rows tr[data-agent="${agentId}"]`);
   await agentRow.waitFor({ timeout: 15000 });
-  const liveness = await agentRow.locator(".badge").textContent();
+  const liveness = await agentRow.locator(".badge").first().textContent();
   if (liveness !== "active") throw new Error(`agent liveness is ${liveness}`);
-  step = "the real agent's health on the fleet page";
+  step = "the agent's health on the fleet page";
   await page.waitForFunction((id) => {
     const r = document.querySelector(`#fleet-rows tr[data-agent="${id}"]`);
     const c = r && r.querySelector("td[data-unavailable]");
     return c && c.dataset.unavailable.split(",").includes("gpu") && r.querySelector(".vitals").textContent.includes("mem");
-  }, realAgentId, { timeout: 20000 });
+  }, agentId, { timeout: 20000 });
   await page.screenshot({ path: `${outDir}/02-fleet.png` });
 
   step = "services page";
@@ -61,7 +62,7 @@ try {
   await page.waitForFunction((w) => {
     const r = document.querySelector(`#service-rows tr[data-workload="${w}"]`);
     return r && r.dataset.actionState === "succeeded" && r.textContent.includes("in sync");
-  }, workload, { timeout: 30000 });
+  }, workload, { timeout: 60000 });
   await page.screenshot({ path: `${outDir}/03-services.png` });
 
   step = "actions page";

@@ -5,6 +5,7 @@
 
 pub mod emulator;
 pub mod http;
+pub mod llm;
 pub mod runner;
 pub mod stack;
 
