@@ -231,17 +231,22 @@ impl actions::Instrument for Acting<'_> {
 }
 
 /// What discovery says about workloads between two windows: restarts (same
-/// workload key, new pid) and LLM clients nobody instruments. The incident
-/// chain's crash-loop and uninstrumented-LLM rules read these metrics.
+/// workload key, new pid) and LLM clients, instrumented or not. The incident
+/// chain's crash-loop and uninstrumented-LLM rules read these metrics; the
+/// per-workload `llm.uninstrumented.<key>` (1, or 0 once instrumented) names the
+/// workload to instrument and lets the verifier see the fix.
 #[derive(Debug, Default)]
 pub struct WorkloadWatch {
     pids: std::collections::HashMap<String, u32>,
     restarts: BTreeMap<String, u32>,
-    uninstrumented: usize,
+    /// LLM client workloads of the last scan: key -> instrumented.
+    llm: BTreeMap<String, bool>,
 }
 
-/// Workloads whose restarts a window reports (the busiest first).
+/// Workloads whose restarts a window reports (the busiest first), and LLM
+/// workloads it reports one by one (the uninstrumented first).
 const MAX_RESTART_METRICS: usize = 10;
+const MAX_LLM_WORKLOAD_METRICS: usize = 10;
 
 impl WorkloadWatch {
     pub fn see(&mut self, services: &[tether_proto::Service]) {
@@ -252,10 +257,11 @@ impl WorkloadWatch {
                 }
             }
         }
-        self.uninstrumented = services
+        self.llm = services
             .iter()
-            .filter(|s| !s.llm_providers.is_empty() && !s.instrumented)
-            .count();
+            .filter(|s| !s.llm_providers.is_empty())
+            .map(|s| (s.workload_key.clone(), s.instrumented))
+            .collect();
     }
 
     /// Adds this window's workload metrics and starts counting afresh.
@@ -266,7 +272,14 @@ impl WorkloadWatch {
         for (key, n) in busiest.into_iter().take(MAX_RESTART_METRICS) {
             m.insert(format!("svc.restarts.{key}"), f64::from(n));
         }
-        m.insert("llm.uninstrumented".into(), self.uninstrumented as f64);
+        let uninstrumented = self.llm.values().filter(|i| !**i).count();
+        m.insert("llm.uninstrumented".into(), uninstrumented as f64);
+        let mut llm: Vec<(&String, &bool)> = self.llm.iter().collect();
+        llm.sort_by_key(|(_, instrumented)| **instrumented);
+        for (key, instrumented) in llm.into_iter().take(MAX_LLM_WORKLOAD_METRICS) {
+            let v = if *instrumented { 0.0 } else { 1.0 };
+            m.insert(format!("llm.uninstrumented.{key}"), v);
+        }
     }
 }
 
@@ -915,8 +928,22 @@ mod tests {
             "a steady pid is no restart"
         );
         assert_eq!(m.get("llm.uninstrumented"), Some(&1.0));
+        assert_eq!(m.get("llm.uninstrumented.systemd:chat.service"), Some(&1.0));
+        assert!(
+            !m.contains_key("llm.uninstrumented.host:/bin/x"),
+            "no LLM client"
+        );
+        // Instrumented: the workload's metric says so, for the verifier to see.
+        let mut done = svc("systemd:chat.service", 14, true);
+        done.instrumented = true;
+        w.see(&[done]);
         let mut next = BTreeMap::new();
         w.drain_into(&mut next);
+        assert_eq!(next.get("llm.uninstrumented"), Some(&0.0));
+        assert_eq!(
+            next.get("llm.uninstrumented.systemd:chat.service"),
+            Some(&0.0)
+        );
         assert!(
             !next.keys().any(|k| k.starts_with("svc.restarts.")),
             "counts start afresh per window"

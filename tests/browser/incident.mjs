@@ -3,12 +3,13 @@
 // chart, approve the plan, then wait (while the test's agent runs the action and
 // reports fresh telemetry) for the verifier's verdict. Screenshots to OUT_DIR.
 //
-// Usage: node incident.mjs <control plane URL> <api key> <run id> <out dir>
+// Usage: node incident.mjs <control plane URL> <api key> <run id> <out dir> [plan text]
+// (plan text: what the plan's step must read, default "vacuum_journal → block")
 // Prints APPROVED once the plan is approved (the test then plays the agent).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [url, apiKey, runId, outDir] = process.argv.slice(2);
+const [url, apiKey, runId, outDir, planText = "vacuum_journal → block"] = process.argv.slice(2);
 mkdirSync(outDir, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -39,7 +40,7 @@ try {
   const kinds = await page.$$eval("#run-chain li", (lis) => lis.map((l) => l.dataset.kind));
   if (kinds.join(",") !== "observation_summary,anomaly_finding,root_cause_hypothesis,remediation_proposal,execution_plan") throw new Error("chain: " + kinds);
   const plan = await page.locator('#run-chain li[data-kind="execution_plan"]').textContent();
-  if (!plan.includes("vacuum_journal → block")) throw new Error("plan: " + plan);
+  if (!plan.includes(planText)) throw new Error("plan: " + plan);
   await page.waitForSelector("#run-chart svg circle", { state: "attached" });
   await page.screenshot({ path: `${outDir}/06-incident-awaiting.png` });
 

@@ -110,3 +110,102 @@ async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
     let page = http.get("/console/", None);
     assert_eq!(page.status, 200);
 }
+
+/// The whole loop with real parts only: a real `openai` client nobody
+/// instruments, seen by a real agent, opens an incident; the operator approves
+/// its plan in the console; the executor hands `instrument` to the agent, which
+/// attaches its probes; the verifier reads the agent's next windows and closes
+/// the run as improved, while the client's calls become spans.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_agents_incident_is_approved_in_the_console_and_verified() {
+    use std::io::{BufRead, BufReader};
+    require_root();
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: bin/test installs it (npm ci --prefix tests/browser)"
+    );
+    let w = world();
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let runner = Runner::start(
+        emu,
+        &stack,
+        &[
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+            ("TETHER_VERIFY_DELAY_S", "3"),
+            ("TETHER_CHECK_ACTIONS_S", "2"),
+            ("TETHER_LOCAL_RETRY_S", "1"),
+        ],
+    );
+    let (key, token) = runner.bootstrap("incident-real");
+    let http = runner.http();
+    let policy = http.put(
+        "/v1/policy",
+        Some(&key),
+        &json!({"settings": {"dry_run": false}}),
+    );
+    assert_eq!(policy.status, 200, "{:?}", policy.json);
+
+    let (client, _) = openai_client(&w, "gpt-4o-mini", false, "incident");
+    let agent = agent_config(&runner, &token, &w, json!({}));
+    agent.enroll();
+    let _running = agent.run(&[]);
+    let svc = wait_for("the LLM client reported", 60, || {
+        service_of(&http, &key, client.pid())
+    });
+    let workload = svc["workload_key"].as_str().expect("workload").to_owned();
+    let run = wait_for("an llm_uninstrumented run awaiting approval", 90, || {
+        let runs = http.get("/v1/runs", Some(&key)).json;
+        runs["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["family"] == "llm_uninstrumented" && r["status"] == "awaiting_approval")
+            .cloned()
+    });
+    let id = run["run_id"].as_str().expect("run id").to_owned();
+
+    let shots = tether_e2e::bin_dir().join("screenshots/incident-real");
+    let _ = std::fs::remove_dir_all(&shots);
+    let mut node = Command::new("node")
+        .arg(browser_dir.join("incident.mjs"))
+        .args([runner.url.as_str(), key.as_str(), id.as_str()])
+        .arg(&shots)
+        .arg("instrument → require_approval")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) on PATH");
+    let mut out = String::new();
+    for line in BufReader::new(node.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = node.wait().expect("node finished");
+    let mut err = String::new();
+    node.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    assert!(
+        status.success() && out.contains("PASSED"),
+        "browser test failed:\n{out}\n{err}\nagent log:\n{}",
+        agent.log()
+    );
+    let closed = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
+    assert_eq!(closed["outcome"], "resolved", "{closed}");
+    // The plan's action was the real thing: the workload is instrumented and
+    // its calls are spans.
+    let svc = service_of(&http, &key, client.pid()).expect("service");
+    assert_eq!(svc["observed_instrumented"], true, "{svc}");
+    wait_for("spans of the client the incident instrumented", 60, || {
+        spans(&w)
+            .iter()
+            .any(|x| {
+                x.pid == u64::from(client.pid())
+                    && x.attrs["tether.workload_key"] == workload.as_str()
+            })
+            .then_some(())
+    });
+}

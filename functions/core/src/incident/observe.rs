@@ -65,6 +65,9 @@ fn watched(metric: &str) -> bool {
         || metric.starts_with("llm.errors_")
         || metric == "llm.calls"
         || metric == "llm.uninstrumented"
+        || metric.starts_with("llm.uninstrumented.")
+        || (metric.starts_with("llm.by.")
+            && (metric.ends_with(".errors_429") || metric.ends_with(".errors_5xx")))
         || metric == "gpu.xid_errors"
         || metric.starts_with("svc.restarts.")
         || (metric.starts_with("fs.") && metric.ends_with(".used_pct"))
@@ -272,12 +275,33 @@ pub fn evaluate(
             _ => {}
         }
     }
+    // LLM errors: the subject is the workload with the most of them when the
+    // agent's capture names it (`llm.by.<workload>|<model>.errors_*`).
+    let worst = |class: &str| {
+        m.iter()
+            .filter(|(k, v)| k.starts_with("llm.by.") && k.ends_with(class) && **v > 0.0)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .and_then(|(k, _)| k.trim_start_matches("llm.by.").rsplit_once('|'))
+            .map_or_else(|| "llm".to_owned(), |(w, _)| w.to_owned())
+    };
     let e429 = get("llm.errors_429").unwrap_or(0.0);
     let e5xx = get("llm.errors_5xx").unwrap_or(0.0);
     if e429 >= t.llm_429 {
-        push("llm_errors", "llm.errors_429", e429, t.llm_429, "llm");
+        push(
+            "llm_errors",
+            "llm.errors_429",
+            e429,
+            t.llm_429,
+            &worst(".errors_429"),
+        );
     } else if e5xx >= t.llm_5xx {
-        push("llm_errors", "llm.errors_5xx", e5xx, t.llm_5xx, "llm");
+        push(
+            "llm_errors",
+            "llm.errors_5xx",
+            e5xx,
+            t.llm_5xx,
+            &worst(".errors_5xx"),
+        );
     }
     if let Some(v) = get("llm.p95_ms") {
         if let Some((b, n)) = mean(past, "llm.p95_ms") {
@@ -286,7 +310,17 @@ pub fn evaluate(
             }
         }
     }
-    if let Some(v) = get("llm.uninstrumented").filter(|v| *v >= 1.0) {
+    // Uninstrumented LLM clients: one workload by name when the agent names
+    // them (its metric drops to 0 once instrumented, which the verifier reads),
+    // else the host's count.
+    if let Some((k, v)) = m
+        .iter()
+        .filter(|(k, v)| k.starts_with("llm.uninstrumented.") && **v >= 1.0)
+        .min_by(|a, b| a.0.cmp(b.0))
+    {
+        let workload = k.trim_start_matches("llm.uninstrumented.").to_owned();
+        push("llm_uninstrumented", k, *v, 1.0, &workload);
+    } else if let Some(v) = get("llm.uninstrumented").filter(|v| *v >= 1.0) {
         push("llm_uninstrumented", "llm.uninstrumented", v, 1.0, "llm");
     }
     out
@@ -376,6 +410,32 @@ mod tests {
                 "{metrics:?}"
             );
         }
+    }
+
+    #[test]
+    fn llm_signals_name_the_workload_when_the_agent_does() {
+        let t = Thresholds::default();
+        let m: BTreeMap<String, f64> = [
+            ("llm.uninstrumented", 2.0),
+            ("llm.uninstrumented.host:/usr/bin/python3", 1.0),
+            ("llm.uninstrumented.systemd:chat.service", 1.0),
+            ("llm.uninstrumented.systemd:done.service", 0.0),
+            ("llm.errors_429", 12.0),
+            ("llm.by.systemd:chat.service|gpt-4o.errors_429", 9.0),
+            ("llm.by.host:/usr/bin/python3|gpt-4o.errors_429", 3.0),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).into(), *v))
+        .collect();
+        let got = evaluate(&t, &m, &[], &VecDeque::new());
+        let by = |f: &str| got.iter().find(|s| s.family == f).expect(f);
+        let un = by("llm_uninstrumented");
+        assert_eq!(un.subject, "host:/usr/bin/python3");
+        assert_eq!(un.metric, "llm.uninstrumented.host:/usr/bin/python3");
+        assert_eq!(by("llm_errors").subject, "systemd:chat.service");
+        assert!(watched("llm.uninstrumented.systemd:done.service"));
+        assert!(watched("llm.by.systemd:chat.service|gpt-4o.errors_5xx"));
+        assert!(!watched("llm.by.systemd:chat.service|gpt-4o.tokens_in"));
     }
 
     #[test]
