@@ -209,6 +209,7 @@ pub struct Agent<T: Transport> {
     dropped_before: u64,
     workloads: WorkloadWatch,
     inst: Instrumenter,
+    docker: crate::docker::Docker,
     /// Every process of each workload the last scan reported.
     members: BTreeMap<String, Vec<u32>>,
     pub status: Status,
@@ -356,6 +357,7 @@ impl<T: Transport> Agent<T> {
                 all_python: cfg.report_all_python,
                 systemd_dir: systemd_dir.clone(),
                 connects: Default::default(),
+                containers: Default::default(),
             },
             host: Host {
                 allowed: cfg.allowed_actions.clone(),
@@ -369,6 +371,7 @@ impl<T: Transport> Agent<T> {
             dropped_before: status.spool_dropped,
             workloads: WorkloadWatch::default(),
             inst,
+            docker: crate::docker::Docker::new(PathBuf::from(&cfg.docker_socket)),
             members: BTreeMap::new(),
             status: Status {
                 agent_id: cred.agent_id.clone(),
@@ -400,6 +403,7 @@ impl<T: Transport> Agent<T> {
         let sample = self.sampler.sample();
         self.status.collectors = sample.collectors;
         self.status.collectors.push(self.inst.collector());
+        self.status.collectors.extend(self.docker.collector());
         self.status.vitals = crate::telemetry::vitals(&sample.metrics);
         let mut metrics = sample.metrics;
         self.workloads.drain_into(&mut metrics);
@@ -426,6 +430,10 @@ impl<T: Transport> Agent<T> {
     pub fn cycle(&mut self) -> Result<Next, AgentError> {
         self.spool_window_if_due()?;
         self.scan_opts.connects = self.inst.take_connects();
+        self.docker.refresh(false);
+        if self.scan_opts.containers != *self.docker.containers() {
+            self.scan_opts.containers = self.docker.containers().clone();
+        }
         let scan = discovery::scan(&self.proc_root, &self.resolver.endpoints(), &self.scan_opts);
         self.inst.reconcile(&scan.members);
         self.members = scan.members;
@@ -908,6 +916,7 @@ mod tests {
             llm_providers: if llm { vec!["openai".into()] } else { vec![] },
             instrumented: false,
             python_sdk: false,
+            labels: Default::default(),
         };
         let mut w = WorkloadWatch::default();
         w.see(&[

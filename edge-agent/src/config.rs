@@ -46,6 +46,9 @@ pub struct Config {
     /// Load the eBPF probes (connect tracepoint; TLS uprobes on `instrument`).
     /// `false` keeps the agent to `/proc` scanning and refuses `instrument`.
     pub ebpf: bool,
+    /// The Docker Engine socket: container names and labels for workload keys
+    /// (`docker:<name>`) when it exists.
+    pub docker_socket: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("python_sdk_path", Kind::Text),
     ("otlp_endpoint", Kind::Text),
     ("ebpf", Kind::Bool),
+    ("docker_socket", Kind::Text),
 ];
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
@@ -181,6 +185,7 @@ impl Config {
             })?,
             otlp_endpoint: take(&mut doc, "otlp_endpoint", || "http://127.0.0.1:4318".into())?,
             ebpf: take(&mut doc, "ebpf", || true)?,
+            docker_socket: take(&mut doc, "docker_socket", || "/var/run/docker.sock".into())?,
         };
         if let Some(unknown) = doc.keys().next() {
             return Err(invalid(unknown, "unknown key"));

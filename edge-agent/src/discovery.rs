@@ -615,6 +615,9 @@ pub struct ScanOptions {
     /// Remote addresses per pid seen by the eBPF connect probe since the last
     /// scan: catches connections too short-lived for `/proc/net` to show.
     pub connects: HashMap<u32, Vec<(IpAddr, u16)>>,
+    /// Container names and labels from the Docker socket (empty without one):
+    /// a Docker container's workload key is `docker:<name>` when known.
+    pub containers: HashMap<String, crate::docker::Container>,
 }
 
 /// The drop-in `enable_python_sdk` writes for `unit`.
@@ -666,12 +669,17 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
         if providers.is_empty() && !(all_python && p.runtime == "python") {
             continue;
         }
-        members
-            .entry(p.workload_key.clone())
-            .or_default()
-            .push(p.pid);
+        let container = p
+            .place
+            .container_id
+            .as_ref()
+            .and_then(|id| opts.containers.get(id));
+        let workload_key = match container {
+            Some(c) if p.workload_key.starts_with("docker:") => format!("docker:{}", c.name),
+            _ => p.workload_key.clone(),
+        };
         let svc = Service {
-            workload_key: p.workload_key.clone(),
+            workload_key: workload_key.clone(),
             pid: p.pid,
             exe: p.exe.clone(),
             runtime: p.runtime.clone(),
@@ -682,11 +690,13 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
                 .systemd_unit
                 .as_ref()
                 .is_some_and(|u| python_sdk_dropin(&opts.systemd_dir, u).exists()),
+            labels: container.map(|c| c.labels.clone()).unwrap_or_default(),
         };
-        match by_key.get(&p.workload_key) {
+        members.entry(workload_key.clone()).or_default().push(p.pid);
+        match by_key.get(&workload_key) {
             Some((start, _)) if *start <= p.start_ticks => {}
             _ => {
-                by_key.insert(p.workload_key.clone(), (p.start_ticks, svc));
+                by_key.insert(workload_key, (p.start_ticks, svc));
             }
         }
     }
@@ -886,6 +896,90 @@ mod tests {
         assert!(me.start_ticks > 0);
     }
 
+    /// A fake `/proc` with one process: `pid` in `cgroup`, holding socket
+    /// `inode` to 127.0.0.2:443 when `inode` is given.
+    fn fake_proc(name: &str, pid: u32, cgroup: &str, inode: Option<u32>) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("fakeproc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let d = root.join(pid.to_string());
+        std::fs::create_dir_all(d.join("fd")).expect("dir");
+        std::fs::create_dir_all(root.join("net")).expect("dir");
+        std::os::unix::fs::symlink("/usr/bin/python3.12", d.join("exe")).expect("exe");
+        std::fs::write(d.join("cmdline"), b"python3\0app.py\0").expect("w");
+        std::fs::write(d.join("status"), "PPid:\t1\nUid:\t0\t0\n").expect("w");
+        std::fs::write(
+            d.join("stat"),
+            format!("{pid} (python3) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 5 0 0"),
+        )
+        .expect("w");
+        std::fs::write(d.join("environ"), b"HOME=/root\0").expect("w");
+        std::fs::write(d.join("cgroup"), cgroup).expect("w");
+        let mut tcp = String::from("  sl  local_address rem_address   st\n");
+        if let Some(inode) = inode {
+            std::os::unix::fs::symlink(format!("socket:[{inode}]"), d.join("fd/3")).expect("fd");
+            tcp.push_str(&format!(
+                "   0: 0100007F:1F90 0200007F:01BB 01 00000000:00000000 00:00000000 00000000  0        0 {inode} 1\n"
+            ));
+        }
+        std::fs::write(root.join("net/tcp"), tcp).expect("tcp");
+        root
+    }
+
+    #[test]
+    fn docker_containers_are_keyed_by_name_with_their_labels() {
+        let id = "4f8e2c1b9a7d6e5f4f8e2c1b9a7d6e5f4f8e2c1b9a7d6e5f4f8e2c1b9a7d6e5f";
+        let root = fake_proc(
+            "docker",
+            300,
+            &format!("0::/system.slice/docker-{id}.scope\n"),
+            Some(77),
+        );
+        let eps = Resolver::fixed(&["openai=127.0.0.2:443".into()]).endpoints();
+        let mut opts = ScanOptions {
+            all_python: false,
+            systemd_dir: root.join("systemd"),
+            connects: HashMap::new(),
+            containers: HashMap::new(),
+        };
+        let by_id = scan(&root, &eps, &opts);
+        assert_eq!(by_id.services[0].workload_key, "docker:4f8e2c1b9a7d");
+        assert!(by_id.services[0].labels.is_empty());
+        opts.containers.insert(
+            id.to_owned(),
+            crate::docker::Container {
+                name: "rag-worker".into(),
+                labels: BTreeMap::from([("team".to_owned(), "ml".to_owned())]),
+            },
+        );
+        let named = scan(&root, &eps, &opts);
+        assert_eq!(named.services[0].workload_key, "docker:rag-worker");
+        assert_eq!(named.services[0].labels["team"], "ml");
+        assert_eq!(named.members["docker:rag-worker"], vec![300]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_connect_the_probe_saw_flags_a_process_without_open_sockets() {
+        let root = fake_proc("connect", 301, "0::/user.slice\n", None);
+        let eps = Resolver::fixed(&["anthropic=127.0.0.2:443".into()]).endpoints();
+        let mut opts = ScanOptions {
+            all_python: false,
+            systemd_dir: root.join("systemd"),
+            connects: HashMap::new(),
+            containers: HashMap::new(),
+        };
+        assert!(
+            scan(&root, &eps, &opts).services.is_empty(),
+            "no socket, no probe: nothing"
+        );
+        opts.connects
+            .insert(301, vec![("127.0.0.2".parse().expect("ip"), 443)]);
+        let s = scan(&root, &eps, &opts);
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.services[0].llm_providers, vec!["anthropic".to_owned()]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     /// Scan time for 1,000 synthetic processes (each with an exe, cmdline, status,
     /// stat, environ, cgroup and 4 socket fds) plus 4,000 sockets. Prints the
     /// time; asserts only what the scan found. Run with
@@ -933,6 +1027,7 @@ mod tests {
             all_python: false,
             systemd_dir: root.join("systemd"),
             connects: HashMap::new(),
+            containers: HashMap::new(),
         };
         let _warm = scan(&root, &eps, &opts);
         let t = std::time::Instant::now();

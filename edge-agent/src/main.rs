@@ -7,6 +7,7 @@ mod capture;
 mod clock;
 mod config;
 mod discovery;
+mod docker;
 mod ebpf;
 mod evidence;
 mod gpu;
@@ -59,6 +60,11 @@ fn main() -> ExitCode {
                 all_python: cfg.report_all_python,
                 systemd_dir: PathBuf::from("/etc/systemd/system"),
                 connects: Default::default(),
+                containers: {
+                    let mut d = docker::Docker::new(PathBuf::from(&cfg.docker_socket));
+                    d.refresh(true);
+                    d.containers().clone()
+                },
             };
             let t = std::time::Instant::now();
             let s = discovery::scan(std::path::Path::new("/proc"), &eps, &opts);

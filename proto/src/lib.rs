@@ -173,7 +173,14 @@ pub struct Service {
     /// Observed: the Python SDK is enabled for this service.
     #[serde(default)]
     pub python_sdk: bool,
+    /// Labels of the service's container, from the Docker socket when present
+    /// (at most [`MAX_SERVICE_LABELS`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
+
+/// Container labels a service carries at most.
+pub const MAX_SERVICE_LABELS: usize = 32;
 
 /// Hash of a service list, order-independent: the agent and the server compute it
 /// the same way, so an unchanged list is recognised without its body.
@@ -183,7 +190,7 @@ pub fn services_hash(services: &[Service]) -> String {
         .map(|s| {
             let mut providers = s.llm_providers.clone();
             providers.sort();
-            format!(
+            let mut line = format!(
                 "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
                 s.workload_key,
                 s.pid,
@@ -192,7 +199,13 @@ pub fn services_hash(services: &[Service]) -> String {
                 providers.join(","),
                 s.instrumented,
                 s.python_sdk
-            )
+            );
+            // Labels only when present, so the hash of a label-less list is
+            // what it always was.
+            for (k, v) in &s.labels {
+                line.push_str(&format!("\u{1f}{k}={v}"));
+            }
+            line
         })
         .collect();
     lines.sort();
@@ -399,6 +412,7 @@ mod tests {
             llm_providers: vec!["openai".into(), "anthropic".into()],
             instrumented: false,
             python_sdk: false,
+            labels: Default::default(),
         }
     }
 

@@ -100,6 +100,9 @@ pub struct ServiceStatus {
     pub llm_providers: Vec<String>,
     pub observed_instrumented: bool,
     pub observed_python_sdk: bool,
+    /// The container's labels, as the agent read them (Docker).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     pub desired: Option<DesiredWorkload>,
     /// True when observed and desired agree (or nothing is desired).
     pub in_sync: bool,

@@ -46,6 +46,7 @@ fn services(n: usize, pid_base: u32) -> Vec<Service> {
             llm_providers: vec!["openai".into(), "anthropic".into()],
             instrumented: i == 0,
             python_sdk: false,
+            labels: Default::default(),
         })
         .collect()
 }

@@ -78,6 +78,7 @@ async fn setup() -> Setup {
             llm_providers: vec!["openai".into()],
             instrumented: false,
             python_sdk: false,
+            labels: Default::default(),
         }];
         body["services_hash"] = tether_proto::services_hash(&svcs).into();
         body["services"] = serde_json::to_value(&svcs).expect("svcs");

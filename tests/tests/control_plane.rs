@@ -71,6 +71,7 @@ fn python(pid: u32, instrumented: bool) -> Service {
         llm_providers: vec!["openai".into()],
         instrumented,
         python_sdk: false,
+        labels: Default::default(),
     }
 }
 

@@ -388,6 +388,7 @@ mod tests {
             llm_providers: vec!["openai".into()],
             instrumented,
             python_sdk: false,
+            labels: Default::default(),
         }
     }
 

@@ -260,6 +260,7 @@ mod tests {
             llm_providers: vec!["openai".into()],
             instrumented,
             python_sdk: sdk,
+            labels: Default::default(),
         }
     }
 

@@ -522,6 +522,7 @@ where
                     llm_providers: s.llm_providers,
                     observed_instrumented: s.instrumented,
                     observed_python_sdk: s.python_sdk,
+                    labels: s.labels,
                     desired: want,
                     in_sync,
                 });
