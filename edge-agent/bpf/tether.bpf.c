@@ -33,9 +33,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
-    // 512 KiB: the agent drains it as soon as poll(2) wakes it; a burst that
-    // outruns it is counted in DROPS, not blocked on.
-    __uint(max_entries, 512 * 1024);
+    // 256 KiB (four of the largest calls, 64 KiB each): the agent drains it as
+    // soon as poll(2) wakes it; a burst that outruns it is counted in DROPS,
+    // not blocked on. Its pages are mapped into the agent twice (wrap-around),
+    // so this is also up to 512 KiB of the agent's RSS.
+    __uint(max_entries, 256 * 1024);
 } EVENTS SEC(".maps");
 
 // Records lost because the ring buffer was full, per CPU.

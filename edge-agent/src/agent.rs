@@ -440,6 +440,9 @@ impl<T: Transport> Agent<T> {
         let mut services = scan.services;
         for s in &mut services {
             s.instrumented = self.inst.is_instrumented(s.pid);
+            if s.instrumented {
+                s.llm_content = self.inst.content_mode(&s.workload_key).to_owned();
+            }
         }
         services.truncate(MAX_SERVICES_PER_POLL);
         self.workloads.see(&services);
@@ -917,6 +920,7 @@ mod tests {
             instrumented: false,
             python_sdk: false,
             labels: Default::default(),
+            llm_content: Default::default(),
         };
         let mut w = WorkloadWatch::default();
         w.see(&[

@@ -10,12 +10,13 @@
 //! - A gap in the bytes (a call cut at the kernel's payload bound, or a buffer the
 //!   kernel could not read) resets that connection's reassembly and is counted:
 //!   a call is never assembled from bytes that are not contiguous.
-//! - Prompt and completion text never leave this module: only what
-//!   [`tether_llm::LlmCall`] keeps (models, token counts, status, error type).
+//! - Prompt and completion text never leave this module, except for processes
+//!   in [`Capture::content_pids`] (workloads whose tenant policy says
+//!   `llm_content: redacted`), and then only through [`crate::redact::redact`].
 
 use crate::ebpf::record::{Kind, Record, FLAG_FAULT, FLAG_TRUNCATED};
-use std::collections::{HashMap, VecDeque};
-use tether_llm::{parse_call, Direction, LlmCall, Message, Stream};
+use std::collections::{HashMap, HashSet, VecDeque};
+use tether_llm::{parse_call, Content, Direction, LlmCall, Message, Stream};
 
 pub const MAX_CONNS: usize = 4096;
 pub const IDLE_NS: u64 = 300 * 1_000_000_000;
@@ -30,6 +31,8 @@ pub struct Captured {
     /// CLOCK_MONOTONIC ns: the request's first write, the response's last read.
     pub start_ns: u64,
     pub end_ns: u64,
+    /// Redacted prompt and completion, for processes whose policy allows it.
+    pub content: Option<Content>,
 }
 
 impl Captured {
@@ -81,6 +84,8 @@ pub struct CaptureStats {
 pub struct Capture {
     conns: HashMap<(u32, u64), Conn>,
     pub stats: CaptureStats,
+    /// Processes whose calls carry redacted content.
+    pub content_pids: HashSet<u32>,
 }
 
 impl Capture {
@@ -142,11 +147,19 @@ impl Capture {
                     match parse_call(&req, &resp) {
                         Some(call) => {
                             self.stats.calls += 1;
+                            let content = self.content_pids.contains(&r.pid).then(|| {
+                                let c = tether_llm::content(&req, &resp);
+                                Content {
+                                    prompt: crate::redact::redact(&c.prompt),
+                                    completion: crate::redact::redact(&c.completion),
+                                }
+                            });
                             out.push(Captured {
                                 pid: r.pid,
                                 call,
                                 start_ns,
                                 end_ns: r.end_ns,
+                                content,
                             });
                         }
                         None => self.stats.other_http += 1,
@@ -264,6 +277,21 @@ mod tests {
             !shown.contains("secret"),
             "no prompt or completion text is kept: {shown}"
         );
+    }
+
+    #[test]
+    fn content_travels_redacted_and_only_for_processes_whose_policy_allows_it() {
+        let mut c = Capture::default();
+        c.content_pids.insert(20);
+        for pid in [10, 20] {
+            feed(&mut c, 2, pid, 0xa, (1, 1), &request("gpt-4o"));
+        }
+        let none = feed(&mut c, 3, 10, 0xa, (2, 3), &response("gpt-4o", 200));
+        let some = feed(&mut c, 3, 20, 0xa, (2, 3), &response("gpt-4o", 200));
+        assert_eq!(none[0].content, None);
+        let got = some[0].content.clone().expect("content");
+        assert_eq!(got.prompt, "user: secret prompt");
+        assert_eq!(got.completion, "secret answer");
     }
 
     #[test]

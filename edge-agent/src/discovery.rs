@@ -691,6 +691,7 @@ pub fn scan(proc_root: &Path, endpoints: &[Endpoint], opts: &ScanOptions) -> Sca
                 .as_ref()
                 .is_some_and(|u| python_sdk_dropin(&opts.systemd_dir, u).exists()),
             labels: container.map(|c| c.labels.clone()).unwrap_or_default(),
+            llm_content: Default::default(),
         };
         members.entry(workload_key.clone()).or_default().push(p.pid);
         match by_key.get(&workload_key) {

@@ -188,6 +188,7 @@ fn read_loop(
                             start_unix_ns: c.start_ns.saturating_add(offset),
                             end_unix_ns: c.end_ns.saturating_add(offset),
                             call: c.call,
+                            content: c.content,
                         });
                     }
                 }
@@ -206,7 +207,9 @@ pub struct Instrumenter {
     exporter: Exporter,
     proc_root: PathBuf,
     state_path: PathBuf,
-    wanted: BTreeSet<String>,
+    /// Instrumented workloads, and whether their (redacted) content may leave
+    /// the host.
+    wanted: BTreeMap<String, bool>,
     /// Processes of wanted workloads that cannot be watched, and why.
     unsupported: BTreeMap<u32, String>,
 }
@@ -215,13 +218,30 @@ impl Instrumenter {
     /// Loads the probes when `enabled` and possible; otherwise keeps the reason.
     pub fn start(enabled: bool, data_dir: &Path, otlp_endpoint: &str, host: String) -> Self {
         let state_path = data_dir.join("instrumented.json");
-        let wanted: BTreeSet<String> = std::fs::read(&state_path)
+        // A map of key -> content allowed; an older agent wrote a plain list.
+        let wanted: BTreeMap<String, bool> = std::fs::read(&state_path)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| {
+                serde_json::from_slice(&b).ok().or_else(|| {
+                    serde_json::from_slice::<BTreeSet<String>>(&b)
+                        .ok()
+                        .map(|keys| keys.into_iter().map(|k| (k, false)).collect())
+                })
+            })
             .unwrap_or_default();
         let exporter = Exporter::start(otlp_endpoint, host);
         let live = if enabled {
-            ebpf::preflight().and_then(|()| Probes::load())
+            // Loading parses the kernel's BTF (aya's loader does so eagerly:
+            // ~17 MB, freed at once). On a thread of its own that goes to a
+            // separate malloc arena, which is released when it is freed, so
+            // the agent's steady RSS does not keep it.
+            ebpf::preflight().and_then(|()| {
+                std::thread::scope(|s| {
+                    s.spawn(Probes::load)
+                        .join()
+                        .unwrap_or_else(|_| Err("the eBPF loader panicked".into()))
+                })
+            })
         } else {
             Err("disabled by configuration (ebpf: false)".into())
         }
@@ -256,6 +276,16 @@ impl Instrumenter {
         self.live.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
+    /// What a service reports as `llm_content`: `redacted` while its
+    /// workload's content is exported, empty otherwise.
+    pub fn content_mode(&self, workload: &str) -> &'static str {
+        if self.wanted.get(workload).copied().unwrap_or(false) {
+            "redacted"
+        } else {
+            ""
+        }
+    }
+
     pub fn is_instrumented(&self, pid: u32) -> bool {
         self.live.as_ref().is_ok_and(|l| l.probes.is_attached(pid))
     }
@@ -287,8 +317,12 @@ impl Instrumenter {
         match tls_target(&self.proc_root, pid) {
             TlsTarget::Libssl(lib) => {
                 live.probes.attach(pid, &lib)?;
+                let content = self.wanted.get(workload).copied().unwrap_or(false);
                 if let Ok(mut s) = live.shared.lock() {
                     s.workload_of.insert(pid, workload.to_owned());
+                    if content {
+                        s.capture.content_pids.insert(pid);
+                    }
                 }
                 self.unsupported.remove(&pid);
                 Ok(format!("pid {pid} via {}", lib.display()))
@@ -313,6 +347,7 @@ impl Instrumenter {
             live.probes.detach(pid);
             if let Ok(mut s) = live.shared.lock() {
                 s.workload_of.remove(&pid);
+                s.capture.content_pids.remove(&pid);
             }
         }
     }
@@ -324,7 +359,7 @@ impl Instrumenter {
             return;
         }
         let mut keep = BTreeSet::new();
-        for key in self.wanted.clone() {
+        for key in self.wanted.keys().cloned().collect::<Vec<_>>() {
             for pid in members.get(&key).into_iter().flatten() {
                 keep.insert(*pid);
                 let known_unsupported = self.unsupported.contains_key(pid);
@@ -416,6 +451,21 @@ impl Instrumenter {
                 ),
             );
         }
+        let content = a.payload["llm_content"].as_str() == Some("redacted");
+        // The mode is set before attaching, and for processes already attached
+        // (an `instrument` that only changes the content mode).
+        let previous = self.wanted.insert(key.clone(), content);
+        if let Ok(l) = &self.live {
+            if let Ok(mut s) = l.shared.lock() {
+                for pid in &pids {
+                    if content {
+                        s.capture.content_pids.insert(*pid);
+                    } else {
+                        s.capture.content_pids.remove(pid);
+                    }
+                }
+            }
+        }
         let mut done = Vec::new();
         let mut problems = Vec::new();
         for pid in &pids {
@@ -428,9 +478,12 @@ impl Instrumenter {
             && !problems.is_empty()
             && problems.iter().all(|p| p.starts_with("not instrumentable"))
         {
+            match previous {
+                Some(c) => self.wanted.insert(key.clone(), c),
+                None => self.wanted.remove(&key),
+            };
             return (ResultStatus::Refused, problems.join("; "));
         }
-        self.wanted.insert(key.clone());
         if let Err(e) = self.save() {
             return (
                 ResultStatus::Failed,
@@ -445,6 +498,11 @@ impl Instrumenter {
         if !problems.is_empty() {
             msg.push_str(&format!("; {}", problems.join("; ")));
         }
+        msg.push_str(if content {
+            "; prompt and completion text exported, redacted (tenant policy)"
+        } else {
+            "; no prompt or completion text leaves the host"
+        });
         (ResultStatus::Succeeded, msg)
     }
 
@@ -506,7 +564,7 @@ impl Instrumenter {
         let mut st = InstrumentationStatus {
             state: c.state,
             reason: c.reason,
-            workloads: self.wanted.iter().cloned().collect(),
+            workloads: self.wanted.keys().cloned().collect(),
             not_instrumentable: self.unsupported.clone(),
             export: self.exporter.stats(),
             ..Default::default()

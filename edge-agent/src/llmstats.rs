@@ -155,6 +155,7 @@ mod tests {
             },
             start_ns: 0,
             end_ns: ms * 1_000_000,
+            content: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct CallSpan {
     pub call: LlmCall,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
+    /// Redacted prompt and completion (only under a tenant policy that allows
+    /// it): span events `gen_ai.content.prompt` / `gen_ai.content.completion`.
+    pub content: Option<tether_llm::Content>,
 }
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
@@ -109,6 +112,32 @@ pub fn span_of(c: &CallSpan) -> Span {
         any_value::Value::BoolValue(k.streaming),
     ));
     let failed = k.status >= 400 || k.error_type.is_some();
+    let events = c
+        .content
+        .iter()
+        .flat_map(|t| {
+            [
+                (
+                    "gen_ai.content.prompt",
+                    "gen_ai.prompt",
+                    &t.prompt,
+                    c.start_unix_ns,
+                ),
+                (
+                    "gen_ai.content.completion",
+                    "gen_ai.completion",
+                    &t.completion,
+                    c.end_unix_ns,
+                ),
+            ]
+        })
+        .map(|(name, key, value, at)| span::Event {
+            time_unix_nano: at,
+            name: name.into(),
+            attributes: vec![text(key, value)],
+            ..Default::default()
+        })
+        .collect();
     Span {
         trace_id: random_id(16),
         span_id: random_id(8),
@@ -120,6 +149,7 @@ pub fn span_of(c: &CallSpan) -> Span {
         start_time_unix_nano: c.start_unix_ns,
         end_time_unix_nano: c.end_unix_ns.max(c.start_unix_ns),
         attributes,
+        events,
         status: failed.then(|| Status {
             code: status::StatusCode::Error as i32,
             message: k
@@ -351,6 +381,7 @@ mod tests {
             },
             start_unix_ns: 1_700_000_000_000_000_000,
             end_unix_ns: 1_700_000_000_050_000_000,
+            content: None,
         }
     }
 
@@ -407,6 +438,24 @@ mod tests {
             "rate_limit_exceeded"
         );
         assert_eq!(attr(err, "http.response.status_code")["intValue"], "429");
+        assert!(
+            ok.get("events")
+                .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)),
+            "no content unless allowed"
+        );
+        let mut with = call(200);
+        with.content = Some(tether_llm::Content {
+            prompt: "user: say hi to [REDACTED]".into(),
+            completion: "hello".into(),
+        });
+        let v = serde_json::to_value(request(&[with], "h")).expect("json");
+        let events = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["events"];
+        assert_eq!(events[0]["name"], "gen_ai.content.prompt");
+        assert_eq!(
+            events[0]["attributes"][0]["value"]["stringValue"],
+            "user: say hi to [REDACTED]"
+        );
+        assert_eq!(events[1]["name"], "gen_ai.content.completion");
     }
 
     #[test]

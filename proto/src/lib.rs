@@ -177,6 +177,10 @@ pub struct Service {
     /// (at most [`MAX_SERVICE_LABELS`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Observed, while instrumented: `redacted` when the agent exports the
+    /// workload's prompt and completion text (redacted); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub llm_content: String,
 }
 
 /// Container labels a service carries at most.
@@ -204,6 +208,9 @@ pub fn services_hash(services: &[Service]) -> String {
             // what it always was.
             for (k, v) in &s.labels {
                 line.push_str(&format!("\u{1f}{k}={v}"));
+            }
+            if !s.llm_content.is_empty() {
+                line.push_str(&format!("\u{1f}content={}", s.llm_content));
             }
             line
         })
@@ -413,6 +420,7 @@ mod tests {
             instrumented: false,
             python_sdk: false,
             labels: Default::default(),
+            llm_content: Default::default(),
         }
     }
 

@@ -21,12 +21,36 @@ pub enum PythonSdk {
     Disabled,
 }
 
+/// Whether the prompt and completion text of an instrumented workload's LLM
+/// calls may leave the host: never (`none`, the default), or with secrets and
+/// personal data redacted by the agent first (`redacted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmContent {
+    #[default]
+    None,
+    Redacted,
+}
+
+impl LlmContent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmContent::None => "none",
+            LlmContent::Redacted => "redacted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredWorkload {
     pub workload_key: String,
     pub instrumentation: Instrumentation,
     #[serde(default = "default_sdk")]
     pub python_sdk: PythonSdk,
+    /// The tenant's say on LLM content for this workload (only meaningful when
+    /// instrumented).
+    #[serde(default)]
+    pub llm_content: LlmContent,
 }
 
 fn default_sdk() -> PythonSdk {

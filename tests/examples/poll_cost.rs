@@ -47,6 +47,7 @@ fn services(n: usize, pid_base: u32) -> Vec<Service> {
             instrumented: i == 0,
             python_sdk: false,
             labels: Default::default(),
+            llm_content: Default::default(),
         })
         .collect()
 }

@@ -160,6 +160,8 @@ pub struct Exported {
     pub attrs: serde_json::Map<String, Value>,
     pub duration_ms: f64,
     pub status_code: i64,
+    /// Span events: (name, the text of their first attribute).
+    pub events: Vec<(String, String)>,
 }
 
 fn value_of(v: &Value) -> Value {
@@ -218,6 +220,20 @@ pub fn spans(w: &World) -> Vec<Exported> {
                             as f64
                             / 1e6,
                         status_code: s["status"]["code"].as_i64().unwrap_or(0),
+                        events: s["events"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|e| {
+                                (
+                                    e["name"].as_str().unwrap_or("").to_owned(),
+                                    e["attributes"][0]["value"]["stringValue"]
+                                        .as_str()
+                                        .unwrap_or("")
+                                        .to_owned(),
+                                )
+                            })
+                            .collect(),
                         attrs,
                     });
                 }
@@ -229,6 +245,12 @@ pub fn spans(w: &World) -> Vec<Exported> {
 
 /// The official OpenAI client, calling forever; its per-call lines go to a file.
 pub fn openai_client(w: &World, model: &str, stream: bool, tag: &str) -> (Proc, PathBuf) {
+    let extra: &[&str] = if stream { &["--stream"] } else { &[] };
+    openai_client_with(w, model, tag, extra)
+}
+
+/// As [`openai_client`], with more `openai_client.py` arguments (`--prompt`).
+pub fn openai_client_with(w: &World, model: &str, tag: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let out = w.dir.join(format!("client-{tag}.jsonl"));
     let mut c = Command::new(python());
     c.arg(fixture("openai_client.py"))
@@ -239,11 +261,9 @@ pub fn openai_client(w: &World, model: &str, stream: bool, tag: &str) -> (Proc, 
         .arg("--ca")
         .arg(&w.ca)
         .args(["--model", model, "--forever", "--interval-ms", "150"])
+        .args(extra)
         .stdout(std::fs::File::create(&out).expect("out"))
         .stderr(Stdio::null());
-    if stream {
-        c.arg("--stream");
-    }
     (Proc(c.spawn().expect("openai_client.py")), out)
 }
 

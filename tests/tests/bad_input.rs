@@ -79,6 +79,7 @@ async fn setup() -> Setup {
             instrumented: false,
             python_sdk: false,
             labels: Default::default(),
+            llm_content: Default::default(),
         }];
         body["services_hash"] = tether_proto::services_hash(&svcs).into();
         body["services"] = serde_json::to_value(&svcs).expect("svcs");
@@ -194,6 +195,14 @@ async fn malformed_oversized_and_unknown_versions_are_refused_without_changes() 
             "/v1/apply",
             Some(&s.key_a),
             &json!({"workloads": [{"workload_key": "nonsense", "instrumentation": "instrumented"}]}),
+        )
+    })
+    .await;
+    s.refused("apply unknown content mode", 400, "invalid_request", |h| {
+        h.post(
+            "/v1/apply",
+            Some(&s.key_a),
+            &json!({"workloads": [{"workload_key": "host:/x", "instrumentation": "instrumented", "llm_content": "everything"}]}),
         )
     })
     .await;

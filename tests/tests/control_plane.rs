@@ -72,6 +72,7 @@ fn python(pid: u32, instrumented: bool) -> Service {
         instrumented,
         python_sdk: false,
         labels: Default::default(),
+        llm_content: Default::default(),
     }
 }
 

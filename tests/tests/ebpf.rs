@@ -350,3 +350,81 @@ async fn without_capabilities_the_agent_falls_back_and_says_why() {
     assert!(spans(w).is_empty());
     let _ = std::fs::remove_dir_all(&w.dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_leaves_the_host_only_redacted_and_only_when_the_tenant_says_so() {
+    let f = fleet("content").await;
+    let (w, http, agent, key) = (&f.w, &f.http, &f.agent, f.key.clone());
+    let _agent = agent.run(&[]);
+    let prompt = "say hi to jane.doe@example.com with key sk-proj-0123456789abcdef";
+    let (client, _) =
+        tether_e2e::llm::openai_client_with(w, "gpt-4o-mini", "content", &["--prompt", prompt]);
+    let svc = wait_for("the client discovered", 60, || {
+        service_of(http, &key, client.pid())
+    });
+    let workload = svc["workload_key"].as_str().expect("key").to_owned();
+    let r = http.post(
+        "/v1/apply",
+        Some(&key),
+        &json!({"workloads": [{"workload_key": workload, "instrumentation": "instrumented", "llm_content": "redacted"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    let with = wait_for("spans with content", 60, || {
+        spans(w)
+            .into_iter()
+            .find(|x| x.pid == u64::from(client.pid()) && !x.events.is_empty())
+    });
+    assert_eq!(
+        with.events,
+        vec![
+            (
+                "gen_ai.content.prompt".to_owned(),
+                "user: say hi to [REDACTED] with key [REDACTED]".to_owned()
+            ),
+            (
+                "gen_ai.content.completion".to_owned(),
+                "hello from the fixture".to_owned()
+            ),
+        ]
+    );
+    let text = std::fs::read_to_string(&w.spans_file).expect("spans");
+    assert!(
+        !text.contains("jane.doe") && !text.contains("sk-proj"),
+        "nothing unredacted leaves the host"
+    );
+    wait_for(
+        "the service reported with its content mode, in sync",
+        30,
+        || {
+            service_of(http, &key, client.pid())
+                .filter(|s| s["in_sync"] == true && s["desired"]["llm_content"] == "redacted")
+        },
+    );
+
+    // The tenant takes it back: instrument again, without content.
+    apply(http, &key, &workload, "instrumented");
+    wait_for("the content mode back to none", 60, || {
+        let a = http.get("/v1/actions", Some(&key)).json;
+        a["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| {
+                a["kind"] == "instrument"
+                    && a["result"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("no prompt or completion text leaves the host"))
+            })
+            .cloned()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = spans(w).len();
+    let later = wait_for("new spans after the change", 60, || {
+        let s = spans(w);
+        (s.len() > seen + 2).then_some(s)
+    });
+    assert!(
+        later[seen..].iter().all(|x| x.events.is_empty()),
+        "no content once the policy says none"
+    );
+}

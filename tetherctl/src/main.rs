@@ -296,8 +296,12 @@ fn read_desired(path: &PathBuf) -> Result<ApplyRequest, Error> {
 }
 
 fn describe(w: &DesiredWorkload) -> String {
+    let content = match w.llm_content {
+        tether_proto::operator::LlmContent::None => String::new(),
+        c => format!(" llm_content={}", c.as_str()),
+    };
     format!(
-        "instrumentation={} python_sdk={}",
+        "instrumentation={} python_sdk={}{content}",
         serde_json::to_value(w.instrumentation)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -891,6 +895,7 @@ mod tests {
             workload_key: key.into(),
             instrumentation: i,
             python_sdk: PythonSdk::Disabled,
+            llm_content: Default::default(),
         }
     }
 

@@ -8,14 +8,15 @@
 //!   tests feed arbitrary bytes in arbitrary chunks).
 //! - Bounded: a message whose head or body exceeds [`MAX_HEAD`] / [`MAX_BODY`] is
 //!   dropped and counted, never buffered without limit.
-//! - Prompt and completion text are never kept: only model names, token counts,
-//!   status and timing leave this crate.
+//! - Prompt and completion text are never kept by [`parse_call`]: only model
+//!   names, token counts, status and timing. [`content`] extracts the text, for
+//!   the caller to redact, only when a tenant's policy asks for it.
 
 pub mod http;
 pub mod llm;
 
 pub use http::{Direction, Message, Stream};
-pub use llm::{parse_call, LlmCall};
+pub use llm::{content, parse_call, Content, LlmCall};
 
 /// Largest request or response head kept (bytes).
 pub const MAX_HEAD: usize = 16 * 1024;

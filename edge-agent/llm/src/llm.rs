@@ -162,3 +162,109 @@ pub fn parse_call(req: &Message, resp: &Message) -> Option<LlmCall> {
     }
     Some(call)
 }
+
+/// The text of one call, for tenants whose policy lets (redacted) content leave
+/// the host. Only [`content`] builds it, and only when asked: [`parse_call`]
+/// never keeps text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Content {
+    /// The request's messages, one `role: text` line each.
+    pub prompt: String,
+    /// The answer's text (streamed deltas joined).
+    pub completion: String,
+}
+
+/// Text of a message `content`: a string, or a list of parts with `text`.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(t) => t.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str().or_else(|| p.as_str()))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+fn lines(msgs: &Value, role: &str, content: &str) -> Vec<String> {
+    msgs.as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let who = m[role].as_str().unwrap_or("user");
+            format!("{who}: {}", text_of(&m[content]))
+        })
+        .collect()
+}
+
+/// Prompt and completion text of a request/response pair (empty strings for
+/// what a provider's shape does not carry).
+pub fn content(req: &Message, resp: &Message) -> Content {
+    let Some((system, _)) = kind(&req.path) else {
+        return Content::default();
+    };
+    let rq: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let streaming = resp
+        .header("content-type")
+        .is_some_and(|c| c.contains("text/event-stream"));
+    let events: Vec<Value> = if streaming {
+        sse_events(&resp.body)
+    } else {
+        serde_json::from_slice(&resp.body)
+            .map(|v| vec![v])
+            .unwrap_or_default()
+    };
+    let mut prompt = Vec::new();
+    let mut completion = String::new();
+    match system {
+        "openai" => {
+            prompt.extend(lines(&rq["messages"], "role", "content"));
+            match &rq["input"] {
+                Value::String(t) => prompt.push(format!("user: {t}")),
+                v @ Value::Array(_) => prompt.extend(lines(v, "role", "content")),
+                _ => {}
+            }
+            if let Some(p) = rq["prompt"].as_str() {
+                prompt.push(format!("user: {p}"));
+            }
+            for e in &events {
+                for c in e["choices"].as_array().into_iter().flatten() {
+                    completion.push_str(&text_of(&c["message"]["content"]));
+                    completion.push_str(&text_of(&c["delta"]["content"]));
+                    completion.push_str(c["text"].as_str().unwrap_or(""));
+                }
+                for o in e["output"].as_array().into_iter().flatten() {
+                    completion.push_str(&text_of(&o["content"]));
+                }
+                if e["type"] == "response.output_text.delta" {
+                    completion.push_str(e["delta"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        "anthropic" => {
+            if let Some(sys) = rq["system"].as_str() {
+                prompt.push(format!("system: {sys}"));
+            }
+            prompt.extend(lines(&rq["messages"], "role", "content"));
+            for e in &events {
+                completion.push_str(&text_of(&e["content"]));
+                if e["type"] == "content_block_delta" {
+                    completion.push_str(e["delta"]["text"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        _ => {
+            prompt.extend(lines(&rq["contents"], "role", "parts"));
+            for e in &events {
+                for c in e["candidates"].as_array().into_iter().flatten() {
+                    completion.push_str(&text_of(&c["content"]["parts"]));
+                }
+            }
+        }
+    }
+    Content {
+        prompt: prompt.join("\n"),
+        completion,
+    }
+}

@@ -308,3 +308,91 @@ fn an_sse_stream_is_complete_at_its_last_event_even_if_the_last_chunk_is_never_r
     let half = chunked(200, "text/event-stream", &["data: {\"choices\":[]}\n\n"]);
     assert!(early.push(&half[..half.len() - 5]).is_empty());
 }
+
+#[test]
+fn content_is_extracted_only_on_request_for_each_provider() {
+    use tether_llm::content;
+    let req = one(
+        Direction::Request,
+        &request(
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"say hi"}]}]}"#,
+        ),
+    );
+    let plain = one(
+        Direction::Response,
+        &response(
+            200,
+            "application/json",
+            r#"{"choices":[{"message":{"content":"hello"}}]}"#,
+        ),
+    );
+    let c = content(&req, &plain);
+    assert_eq!(c.prompt, "system: be brief\nuser: say hi");
+    assert_eq!(c.completion, "hello");
+    let streamed = one(
+        Direction::Response,
+        &chunked(
+            200,
+            "text/event-stream",
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"hel\"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n",
+            ],
+        ),
+    );
+    assert_eq!(content(&req, &streamed).completion, "hello");
+    let areq = one(
+        Direction::Request,
+        &request(
+            "/v1/messages",
+            r#"{"model":"claude","system":"terse","messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+    );
+    let aresp = one(
+        Direction::Response,
+        &response(
+            200,
+            "application/json",
+            r#"{"content":[{"type":"text","text":"hey"}]}"#,
+        ),
+    );
+    let a = content(&areq, &aresp);
+    assert_eq!(
+        (a.prompt.as_str(), a.completion.as_str()),
+        ("system: terse\nuser: hi", "hey")
+    );
+    let astream = one(
+        Direction::Response,
+        &chunked(
+            200,
+            "text/event-stream",
+            &["event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"he\"}}\n\n",
+              "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"y\"}}\n\n"],
+        ),
+    );
+    assert_eq!(content(&areq, &astream).completion, "hey");
+    let greq = one(
+        Direction::Request,
+        &request(
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+        ),
+    );
+    let gresp = one(
+        Direction::Response,
+        &response(
+            200,
+            "application/json",
+            r#"{"candidates":[{"content":{"parts":[{"text":"yo"}]}}]}"#,
+        ),
+    );
+    let g = content(&greq, &gresp);
+    assert_eq!(
+        (g.prompt.as_str(), g.completion.as_str()),
+        ("user: hi", "yo")
+    );
+    // parse_call still keeps no text.
+    let call = parse_call(&req, &plain).expect("call");
+    assert!(!format!("{call:?}").contains("say hi") && !format!("{call:?}").contains("hello"));
+}

@@ -228,6 +228,16 @@ impl DesiredSet {
             .map(|e| e.workload.instrumentation == Instrumentation::Instrumented)
     }
 
+    /// The LLM content mode asked for, for a workload desired instrumented.
+    pub fn wants_llm_content(
+        &self,
+        workload_key: &str,
+    ) -> Option<tether_proto::operator::LlmContent> {
+        self.get(workload_key)
+            .filter(|e| e.workload.instrumentation == Instrumentation::Instrumented)
+            .map(|e| e.workload.llm_content)
+    }
+
     pub fn wants_python_sdk(&self, workload_key: &str) -> Option<bool> {
         self.get(workload_key)
             .map(|e| e.workload.python_sdk == PythonSdk::Enabled)

@@ -282,7 +282,14 @@ pub fn plan_poll(
                     id: p.action_id.clone(),
                     kind: ActionKind::new(p.kind),
                     target: p.workload_key.clone(),
-                    payload: serde_json::json!({ "pid": p.pid, "desired_revision": desired.revision }),
+                    payload: match desired.wants_llm_content(&p.workload_key) {
+                        Some(c) if p.kind == ActionKind::INSTRUMENT => serde_json::json!({
+                            "pid": p.pid,
+                            "desired_revision": desired.revision,
+                            "llm_content": c.as_str(),
+                        }),
+                        _ => serde_json::json!({ "pid": p.pid, "desired_revision": desired.revision }),
+                    },
                     idempotency_key: p.idempotency_key.clone(),
                     not_before_ms: 0,
                     expires_at_ms: now_ms + s.action_ttl_ms,
@@ -389,6 +396,7 @@ mod tests {
             instrumented,
             python_sdk: false,
             labels: Default::default(),
+            llm_content: Default::default(),
         }
     }
 
@@ -404,6 +412,7 @@ mod tests {
                     workload_key: KEY.into(),
                     instrumentation: Instrumentation::Instrumented,
                     python_sdk: PythonSdk::Disabled,
+                    llm_content: Default::default(),
                 },
                 changed_at_revision: rev,
             },
@@ -790,6 +799,7 @@ mod tests {
                         workload_key: s.workload_key.clone(),
                         instrumentation: Instrumentation::Instrumented,
                         python_sdk: PythonSdk::Disabled,
+                        llm_content: Default::default(),
                     },
                     changed_at_revision: 1,
                 },

@@ -5,6 +5,7 @@
 //! |--------------------|-------------------|----------------------|
 //! | instrumented       | not instrumented  | `instrument`         |
 //! | none               | instrumented      | `uninstrument`       |
+//! | instrumented, content X | instrumented, other content | `instrument` |
 //! | python_sdk enabled | sdk off           | `enable_python_sdk`  |
 //! | python_sdk disabled| sdk on            | `disable_python_sdk` |
 //! | nothing declared   | anything          | none                 |
@@ -63,6 +64,22 @@ pub fn needed_kinds(desired: &DesiredSet, svc: &Service) -> Vec<&'static str> {
     let mut kinds = Vec::new();
     match desired.wants_instrumented(&svc.workload_key) {
         Some(true) if !svc.instrumented => kinds.push(ActionKind::INSTRUMENT),
+        // Instrumented, but not with the content mode the tenant asked for:
+        // `instrument` again (idempotent on the agent) carries the new mode.
+        Some(true)
+            if desired
+                .wants_llm_content(&svc.workload_key)
+                .is_some_and(|c| {
+                    let observed = if svc.llm_content.is_empty() {
+                        "none"
+                    } else {
+                        svc.llm_content.as_str()
+                    };
+                    c.as_str() != observed
+                }) =>
+        {
+            kinds.push(ActionKind::INSTRUMENT)
+        }
         Some(false) if svc.instrumented => kinds.push(ActionKind::UNINSTRUMENT),
         _ => {}
     }
@@ -243,6 +260,7 @@ mod tests {
                         workload_key: key.into(),
                         instrumentation,
                         python_sdk: sdk,
+                        llm_content: Default::default(),
                     },
                     changed_at_revision: rev,
                 },
@@ -261,6 +279,7 @@ mod tests {
             instrumented,
             python_sdk: sdk,
             labels: Default::default(),
+            llm_content: Default::default(),
         }
     }
 
@@ -302,6 +321,49 @@ mod tests {
 
     fn kinds(o: &Outcome) -> Vec<&'static str> {
         o.planned.iter().map(|p| p.kind).collect()
+    }
+
+    #[test]
+    fn a_content_mode_change_on_an_instrumented_workload_instruments_again() {
+        let (t, a) = ids();
+        let k = "host:/usr/bin/python3";
+        let mut d = desired(
+            k,
+            Some(Instrumentation::Instrumented),
+            PythonSdk::Disabled,
+            2,
+        );
+        if let Some(e) = d.workloads.get_mut(k) {
+            e.workload.llm_content = tether_proto::operator::LlmContent::Redacted;
+        }
+        let plain = vec![svc(k, 10, true, false)];
+        let none = BTreeMap::new();
+        let h = tether_proto::services_hash(&plain);
+        let got = reconcile(&t, &a, &d, &obs(&plain, &h, &[], &none), 3);
+        assert_eq!(
+            kinds(&got),
+            vec!["instrument"],
+            "observed none, desired redacted"
+        );
+        let mut redacted = plain.clone();
+        redacted[0].llm_content = "redacted".into();
+        let h = tether_proto::services_hash(&redacted);
+        let got = reconcile(&t, &a, &d, &obs(&redacted, &h, &[], &none), 3);
+        assert!(kinds(&got).is_empty(), "in line with the policy");
+        // Back to none: instrument again, without content.
+        let back = desired(
+            k,
+            Some(Instrumentation::Instrumented),
+            PythonSdk::Disabled,
+            3,
+        );
+        let got = reconcile(&t, &a, &back, &obs(&redacted, &h, &[], &none), 3);
+        assert_eq!(kinds(&got), vec!["instrument"]);
+        assert_ne!(
+            tether_proto::services_hash(&plain),
+            h,
+            "the mode is in the hash"
+        );
     }
 
     #[test]

@@ -510,8 +510,16 @@ where
             for s in rec.services {
                 let want = desired.get(&s.workload_key).map(|e| e.workload.clone());
                 let in_sync = want.as_ref().is_none_or(|w| {
+                    let content_ok = w.instrumentation != Instrumentation::Instrumented
+                        || w.llm_content.as_str()
+                            == if s.llm_content.is_empty() {
+                                "none"
+                            } else {
+                                s.llm_content.as_str()
+                            };
                     (w.instrumentation == Instrumentation::Instrumented) == s.instrumented
                         && (w.python_sdk == PythonSdk::Enabled) == s.python_sdk
+                        && content_ok
                 });
                 services.push(ServiceStatus {
                     agent_id: agent.to_string(),
