@@ -487,23 +487,76 @@ pub fn workload_key(place: &Placement, environ: &HashMap<String, String>, exe: &
 /// `hit`: whether a process's sockets reach a watched endpoint. Processes that do
 /// not (the vast majority) cost one `readdir` of their fds and nothing more, unless
 /// `all_python` asks for every python process too.
+///
+/// A busy host's pids are split over up to [`SCAN_THREADS`] scoped threads (the
+/// walk is syscall-bound); a host with few processes, or one where a thread
+/// cannot start, is read on the calling thread.
 fn read_processes(
     proc_root: &Path,
-    hit: &dyn Fn(u32, &[u64]) -> bool,
+    hit: &(dyn Fn(u32, &[u64]) -> bool + Sync),
     all_python: bool,
 ) -> (Vec<Process>, usize, usize) {
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return (Vec::new(), 0, 0);
+    };
+    let pids: Vec<(u32, PathBuf)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            Some((pid, e.path()))
+        })
+        .collect();
+    let seen = pids.len();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(SCAN_THREADS);
+    if threads < 2 || pids.len() < 256 {
+        let (procs, skipped) = read_some(&pids, hit, all_python);
+        return (procs, seen, skipped);
+    }
+    let per = pids.len().div_ceil(threads);
+    let (mut procs, mut skipped) = (Vec::new(), 0);
+    std::thread::scope(|s| {
+        let mut inline = Vec::new();
+        let mut running = Vec::new();
+        for chunk in pids.chunks(per) {
+            match std::thread::Builder::new()
+                .name("scan".into())
+                .spawn_scoped(s, move || read_some(chunk, hit, all_python))
+            {
+                Ok(h) => running.push(h),
+                Err(_) => inline.push(chunk),
+            }
+        }
+        for chunk in inline {
+            let (p, k) = read_some(chunk, hit, all_python);
+            procs.extend(p);
+            skipped += k;
+        }
+        for h in running {
+            if let Ok((p, k)) = h.join() {
+                procs.extend(p);
+                skipped += k;
+            }
+        }
+    });
+    (procs, seen, skipped)
+}
+
+/// Scan threads at most (the walk is bound by syscalls, not CPU).
+const SCAN_THREADS: usize = 4;
+
+/// [`read_processes`] for some of the pids: the kept processes, and how many
+/// could not be read.
+fn read_some(
+    pids: &[(u32, PathBuf)],
+    hit: &(dyn Fn(u32, &[u64]) -> bool + Sync),
+    all_python: bool,
+) -> (Vec<Process>, usize) {
     let mut procs = Vec::new();
     let mut skipped = 0;
-    let mut seen = 0;
-    let Ok(dir) = std::fs::read_dir(proc_root) else {
-        return (procs, 0, 0);
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        seen += 1;
-        let base = entry.path();
+    for (pid, base) in pids {
+        let (pid, base) = (*pid, base.clone());
         let socket_inodes: Vec<u64> = std::fs::read_dir(base.join("fd"))
             .map(|fds| {
                 fds.flatten()
@@ -591,7 +644,7 @@ fn read_processes(
             socket_inodes,
         });
     }
-    (procs, seen, skipped)
+    (procs, skipped)
 }
 
 /// One scan's outcome.
