@@ -205,13 +205,13 @@ fn status(cfg: &config::Config) -> Result<(), AgentError> {
     }
 }
 
-/// glibc's allocator, as the long-running agent wants it: a fixed mmap
+/// glibc's allocator, as the long-running agent wants it: one arena for its few
+/// threads (no per-thread arena holding freed memory), and a fixed mmap
 /// threshold (no dynamic growth after a large free) and trim threshold, so the
 /// ~17 MB aya's loader allocates once at start (it parses the kernel's BTF) goes
-/// back to the kernel instead of staying in the agent's RSS. Measured: about
-/// 0.8 MiB less steady RSS (docs/benchmarks.md).
+/// back to the kernel instead of staying in the agent's RSS (docs/benchmarks.md).
 const MALLOC_TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
 
 /// Re-executes the agent with [`MALLOC_TUNABLES`] unless `GLIBC_TUNABLES` is
 /// already set (by this or by the operator). Returns only if that is so or the
