@@ -15,14 +15,20 @@ use tether_e2e::llm::{
 };
 use tether_e2e::{Emulator, Runner, Stack};
 
+/// `tests/browser`, with playwright-core installed (bin/test does it).
+fn browser_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: bin/test installs it (npm ci --prefix tests/browser)"
+    );
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
     require_root();
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: bin/test installs it (npm ci --prefix tests/browser)"
-    );
+    let browser_dir = browser_dir();
     let w = world();
     let emu = Emulator::shared();
     let stack = Stack::create(emu).await;
@@ -120,11 +126,7 @@ async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
 async fn a_real_agents_incident_is_approved_in_the_console_and_verified() {
     use std::io::{BufRead, BufReader};
     require_root();
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: bin/test installs it (npm ci --prefix tests/browser)"
-    );
+    let browser_dir = browser_dir();
     let w = world();
     let emu = Emulator::shared();
     let stack = Stack::create_with_chain(emu, 3).await;

@@ -55,6 +55,18 @@ fn sse_events(body: &[u8]) -> Vec<Value> {
         .collect()
 }
 
+/// A response body's JSON documents: the SSE events of a stream, else the one
+/// body (none when it is not JSON).
+fn events_of(resp: &Message, streaming: bool) -> Vec<Value> {
+    if streaming {
+        sse_events(&resp.body)
+    } else {
+        serde_json::from_slice(&resp.body)
+            .map(|v| vec![v])
+            .unwrap_or_default()
+    }
+}
+
 fn u(v: &Value) -> Option<u64> {
     v.as_u64()
 }
@@ -92,13 +104,7 @@ pub fn parse_call(req: &Message, resp: &Message) -> Option<LlmCall> {
         error_type: None,
         streaming,
     };
-    let events: Vec<Value> = if streaming {
-        sse_events(&resp.body)
-    } else {
-        serde_json::from_slice(&resp.body)
-            .map(|v| vec![v])
-            .unwrap_or_default()
-    };
+    let events = events_of(resp, streaming);
     for e in &events {
         match system {
             "openai" => {
@@ -208,13 +214,7 @@ pub fn content(req: &Message, resp: &Message) -> Content {
     let streaming = resp
         .header("content-type")
         .is_some_and(|c| c.contains("text/event-stream"));
-    let events: Vec<Value> = if streaming {
-        sse_events(&resp.body)
-    } else {
-        serde_json::from_slice(&resp.body)
-            .map(|v| vec![v])
-            .unwrap_or_default()
-    };
+    let events = events_of(resp, streaming);
     let mut prompt = Vec::new();
     let mut completion = String::new();
     match system {
