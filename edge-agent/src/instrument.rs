@@ -353,31 +353,40 @@ impl Instrumenter {
     }
 
     /// After a discovery scan: attach to processes of wanted workloads that lack
-    /// probes, detach from those that left or are no longer wanted.
+    /// probes; detach from processes that exited or whose workload is no longer
+    /// wanted. A process that is merely between connections this scan (a
+    /// client that opens one per call) keeps its probes.
     pub fn reconcile(&mut self, members: &BTreeMap<String, Vec<u32>>) {
-        if self.live.is_err() {
+        let Ok(live) = &self.live else {
             return;
+        };
+        let alive = |pid: u32| self.proc_root.join(pid.to_string()).exists();
+        let stale: Vec<u32> = live
+            .probes
+            .attached()
+            .filter(|pid| {
+                let workload = live
+                    .shared
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.workload_of.get(pid).cloned());
+                !alive(*pid) || workload.is_none_or(|w| !self.wanted.contains_key(&w))
+            })
+            .collect();
+        for pid in stale {
+            self.detach(pid);
         }
-        let mut keep = BTreeSet::new();
+        let mut current = BTreeSet::new();
         for key in self.wanted.keys().cloned().collect::<Vec<_>>() {
             for pid in members.get(&key).into_iter().flatten() {
-                keep.insert(*pid);
+                current.insert(*pid);
                 let known_unsupported = self.unsupported.contains_key(pid);
                 if !self.is_instrumented(*pid) && !known_unsupported {
                     let _ = self.attach(&key, *pid);
                 }
             }
         }
-        let attached: Vec<u32> = match &self.live {
-            Ok(l) => l.probes.attached().collect(),
-            Err(_) => vec![],
-        };
-        for pid in attached {
-            if !keep.contains(&pid) {
-                self.detach(pid);
-            }
-        }
-        self.unsupported.retain(|pid, _| keep.contains(pid));
+        self.unsupported.retain(|pid, _| current.contains(pid));
         if let Ok(l) = &self.live {
             let root = self.proc_root.clone();
             if let Ok(mut s) = l.shared.lock() {
@@ -405,11 +414,24 @@ impl Instrumenter {
                 );
             }
             self.wanted.remove(&key);
-            let detached: Vec<u32> = pids
-                .iter()
-                .copied()
-                .filter(|p| self.is_instrumented(*p))
-                .collect();
+            // Every attached process of the workload, seen by this scan or not.
+            let detached: Vec<u32> = match &self.live {
+                Ok(l) => l
+                    .shared
+                    .lock()
+                    .map(|s| {
+                        let mut v: Vec<u32> = s
+                            .workload_of
+                            .iter()
+                            .filter(|(_, w)| **w == key)
+                            .map(|(p, _)| *p)
+                            .collect();
+                        v.sort_unstable();
+                        v
+                    })
+                    .unwrap_or_default(),
+                Err(_) => vec![],
+            };
             for pid in &detached {
                 self.detach(*pid);
             }
