@@ -430,8 +430,7 @@ impl<T: Transport> Agent<T> {
     pub fn cycle(&mut self) -> Result<Next, AgentError> {
         self.spool_window_if_due()?;
         self.scan_opts.connects = self.inst.take_connects();
-        self.docker.refresh(false);
-        if self.scan_opts.containers != *self.docker.containers() {
+        if self.docker.refresh(false) {
             self.scan_opts.containers = self.docker.containers().clone();
         }
         let scan = discovery::scan(&self.proc_root, &self.resolver.endpoints(), &self.scan_opts);

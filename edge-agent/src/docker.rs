@@ -124,16 +124,16 @@ impl Docker {
     }
 
     /// Fetches the list when it is older than [`REFRESH`] (or `force`), and
-    /// only when the socket exists.
-    pub fn refresh(&mut self, force: bool) {
+    /// only when the socket exists. True when the containers changed.
+    pub fn refresh(&mut self, force: bool) -> bool {
         if !force && self.fetched.is_some_and(|t| t.elapsed() < REFRESH) {
-            return;
+            return false;
         }
+        let before = std::mem::take(&mut self.containers);
         self.fetched = Some(Instant::now());
         if !self.sock.exists() {
-            self.containers.clear();
             self.problem = None;
-            return;
+            return !before.is_empty();
         }
         match list(&self.sock) {
             Ok(c) => {
@@ -145,8 +145,11 @@ impl Docker {
                     eprintln!("tether-agent: docker: {e}; container workloads keep their ids");
                 }
                 self.problem = Some(e);
+                self.containers = before;
+                return false;
             }
         }
+        self.containers != before
     }
 
     /// The `docker` collector's state, when there is a socket to speak of.

@@ -124,7 +124,6 @@ async fn operator_flips_instrumentation_in_the_console_and_the_agent_gets_it() {
 /// the run as improved, while the client's calls become spans.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_agents_incident_is_approved_in_the_console_and_verified() {
-    use std::io::{BufRead, BufReader};
     require_root();
     let browser_dir = browser_dir();
     let w = world();
@@ -170,28 +169,19 @@ async fn a_real_agents_incident_is_approved_in_the_console_and_verified() {
 
     let shots = tether_e2e::bin_dir().join("screenshots/incident-real");
     let _ = std::fs::remove_dir_all(&shots);
-    let mut node = Command::new("node")
+    let node = Command::new("node")
         .arg(browser_dir.join("incident.mjs"))
         .args([runner.url.as_str(), key.as_str(), id.as_str()])
         .arg(&shots)
         .arg("instrument → require_approval")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .expect("node (Node.js) on PATH");
-    let mut out = String::new();
-    for line in BufReader::new(node.stdout.take().expect("stdout"))
-        .lines()
-        .map_while(Result::ok)
-    {
-        out.push_str(&line);
-        out.push('\n');
-    }
-    let status = node.wait().expect("node finished");
-    let mut err = String::new();
-    node.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    let (out, err) = (
+        String::from_utf8_lossy(&node.stdout),
+        String::from_utf8_lossy(&node.stderr),
+    );
     assert!(
-        status.success() && out.contains("PASSED"),
+        node.status.success() && out.contains("PASSED"),
         "browser test failed:\n{out}\n{err}\nagent log:\n{}",
         agent.log()
     );

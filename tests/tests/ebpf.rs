@@ -49,6 +49,22 @@ async fn fleet(tenant: &str) -> Fleet {
     }
 }
 
+/// Declares `workload` instrumented and waits for the agent's `instrument`
+/// result, which must have succeeded; returns the action.
+fn instrument(http: &Http, key: &str, workload: &str, agent: &Agent) -> Value {
+    apply(http, key, workload, "instrumented");
+    let done = wait_for("instrument result", 60, || {
+        final_action(http, key, workload, "instrument")
+    });
+    assert_eq!(
+        done["result"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        agent.log()
+    );
+    done
+}
+
 /// The `ebpf` collector as the control plane shows it for the tenant's agent.
 fn reported_ebpf(http: &Http, key: &str) -> Value {
     wait_for("the ebpf collector reported", 30, || {
@@ -79,16 +95,7 @@ async fn openai_client_is_instrumented_through_the_control_plane_and_exported_as
 
     // Instrument through desired state: the control plane plans `instrument`,
     // the agent attaches to both processes' libssl.
-    apply(http, &key, &workload, "instrumented");
-    let done = wait_for("instrument result", 60, || {
-        final_action(http, &key, &workload, "instrument")
-    });
-    assert_eq!(
-        done["result"]["status"],
-        "succeeded",
-        "{done}\n{}",
-        agent.log()
-    );
+    let done = instrument(http, &key, &workload, agent);
     let message = done["result"]["message"].as_str().unwrap_or("");
     assert!(message.contains("libssl"), "{message}");
     wait_for("the service reported instrumented", 30, || {
@@ -253,16 +260,7 @@ async fn curl_against_an_anthropic_endpoint_is_captured() {
     let svc = wait_for("curl discovered", 60, || service_of(http, &key, curl.pid()));
     let workload = svc["workload_key"].as_str().expect("key").to_owned();
     assert!(workload.ends_with("/curl"), "{workload}");
-    apply(http, &key, &workload, "instrumented");
-    let done = wait_for("instrument result", 60, || {
-        final_action(http, &key, &workload, "instrument")
-    });
-    assert_eq!(
-        done["result"]["status"],
-        "succeeded",
-        "{done}\n{}",
-        agent.log()
-    );
+    instrument(http, &key, &workload, agent);
     let got = wait_for("anthropic spans", 60, || {
         let s: Vec<Exported> = spans(w)
             .into_iter()
