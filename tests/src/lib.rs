@@ -11,7 +11,7 @@ pub mod stack;
 
 pub use emulator::{unique_name, Emulator};
 pub use http::Http;
-pub use runner::Runner;
+pub use runner::{Runner, Shape};
 pub use stack::Stack;
 
 /// Milliseconds since the epoch.
@@ -20,6 +20,14 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The workspace root (where `Cargo.toml` and `.tether/` are).
+pub fn workspace_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .expect("workspace dir")
 }
 
 /// The directory holding the workspace's built binaries (`target/debug`), found

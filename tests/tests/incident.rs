@@ -219,6 +219,69 @@ fn approve(w: &World, run: &str) -> Value {
     r.json
 }
 
+/// What an operator reads in CloudWatch: a request's line names its tenant,
+/// agent, status and AWS calls; a role message's line names its role, tenant,
+/// run, outcome and AWS calls; on Lambda both carry the invocation's request id.
+#[tokio::test]
+async fn function_logs_carry_request_and_message_fields() {
+    let w = world("logs").await;
+    let mut agent = Agent::enroll(&w.http, &w.token);
+    agent.window(&w.http, json!({"fs.root.used_pct": 97.5}), &[]);
+    let run = wait_run(&w, "disk_full", "awaiting_approval");
+    let id = run["run_id"].as_str().expect("run id");
+    let lambda = w.runner.shape == tether_e2e::Shape::Lambda;
+
+    let api = w.runner.log_lines("api");
+    let poll = api
+        .iter()
+        .find(|l| {
+            l["message"] == "request" && l["path"] == "/v1/poll" && l["agent"] == agent.id.as_str()
+        })
+        .unwrap_or_else(|| panic!("no poll line for {} in {api:?}", agent.id));
+    assert_eq!(poll["level"], "INFO");
+    assert_eq!(poll["tenant"], "logs");
+    assert_eq!(poll["status"], 200);
+    assert!(poll["aws_calls"].as_u64().is_some_and(|n| n >= 2), "{poll}");
+    assert!(
+        poll["aws_ops"]
+            .as_str()
+            .is_some_and(|o| o.contains("dynamodb:Query=") && o.contains("sqs:SendMessage=1")),
+        "{poll}"
+    );
+    assert!(
+        poll["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{poll}"
+    );
+    if lambda {
+        assert!(
+            poll["requestId"].as_str().is_some_and(|r| r.len() == 36),
+            "{poll}"
+        );
+    }
+
+    let planner = w.runner.log_lines("planner");
+    let handled = planner
+        .iter()
+        .find(|l| l["message"] == "message handled" && l["role"] == "planner" && l["run"] == id)
+        .unwrap_or_else(|| panic!("no planner line for {id}"));
+    assert_eq!(handled["tenant"], "logs");
+    assert_eq!(handled["outcome"], "ok");
+    assert_eq!(handled["receive_count"], 1);
+    assert!(
+        handled["aws_calls"].as_u64().is_some_and(|n| n >= 3),
+        "{handled}"
+    );
+    assert!(handled["message_id"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    if lambda {
+        assert!(
+            handled["requestId"].as_str().is_some_and(|r| !r.is_empty()),
+            "{handled}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_filling_disk_goes_through_the_whole_chain_once() {
     let w = world("acme").await;
@@ -670,20 +733,40 @@ async fn a_poison_message_ends_in_the_dlq_and_fails_its_run() {
     let id = run["run_id"].as_str().expect("id");
     let forged = format!("art_{}", "0".repeat(64));
     let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
-    let (url, dlq) = w.stack.stage_queues["memory"].clone();
-    sqs.send_message()
+    let (url, dlq) = w.stack.stage_queues["executor"].clone();
+    // One batch: three good messages (an executor check of a run that awaits
+    // approval: handled, nothing to do) around one poison message (an artifact
+    // that is not part of the run).
+    let good = json!({"type": "actions_changed", "tenant": "acme", "run_id": id}).to_string();
+    let poison = json!({"type": "artifact", "tenant": "acme", "run_id": id, "artifact_id": forged})
+        .to_string();
+    let entry = |i: usize, body: &str| {
+        aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+            .id(format!("m{i}"))
+            .message_body(body)
+            .build()
+            .expect("entry")
+    };
+    let sent = sqs
+        .send_message_batch()
         .queue_url(url)
-        .message_body(
-            json!({"type": "artifact", "tenant": "acme", "run_id": id, "artifact_id": forged})
-                .to_string(),
-        )
+        .entries(entry(0, &good))
+        .entries(entry(1, &poison))
+        .entries(entry(2, &good))
+        .entries(entry(3, &good))
         .send()
         .await
-        .expect("send");
+        .expect("send batch");
+    let ids: Vec<String> = sent
+        .successful()
+        .iter()
+        .map(|e| e.message_id().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4);
     let failed = wait_run(&w, "cpu_saturation", "failed");
     let reason = failed["failure"]["reason"].as_str().expect("reason");
     assert!(
-        reason.contains("memory gave up after 3 tries") && reason.contains("not part of run"),
+        reason.contains("executor gave up after 3 tries") && reason.contains("cannot handle"),
         "{reason}"
     );
     let until = Instant::now() + Duration::from_secs(20);
@@ -697,6 +780,7 @@ async fn a_poison_message_ends_in_the_dlq_and_fails_its_run() {
             .expect("receive");
         if let Some(m) = got.messages().first() {
             assert!(m.body().unwrap_or_default().contains(&forged));
+            assert_eq!(m.message_id(), Some(ids[1].as_str()));
             break;
         }
         assert!(
@@ -704,6 +788,35 @@ async fn a_poison_message_ends_in_the_dlq_and_fails_its_run() {
             "the poison message never reached the DLQ"
         );
     }
+    // Each good message was handled exactly once, on its first delivery; the
+    // poison one failed on each of its three.
+    let lines = w.runner.log_lines("executor");
+    let of = |id: &str| -> Vec<(String, u64)> {
+        let mut seen: Vec<(String, u64)> = lines
+            .iter()
+            .filter(|l| l["message_id"] == id && l["outcome"].is_string())
+            .map(|l| {
+                (
+                    l["outcome"].as_str().unwrap_or_default().to_owned(),
+                    l["receive_count"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        // Two instances write two files: order by delivery.
+        seen.sort_by_key(|(_, n)| *n);
+        seen
+    };
+    for good in [&ids[0], &ids[2], &ids[3]] {
+        assert_eq!(of(good), vec![("ok".to_owned(), 1)], "good message {good}");
+    }
+    assert_eq!(
+        of(&ids[1]),
+        vec![
+            ("failed".to_owned(), 1),
+            ("failed".to_owned(), 2),
+            ("failed".to_owned(), 3)
+        ]
+    );
 }
 
 #[tokio::test]

@@ -1,18 +1,17 @@
-//! The `api` Lambda: parse config, build clients once, serve the router.
+//! The `api` Lambda: logging, config, clients once, then the router under
+//! `lambda_http` (Function URL events, payload format 2.0).
 
+use tether_aws::logging::{self, ErrorChain, Output};
 use tether_aws::{Clients, Config, EnvStrings};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    // JSON logs on Lambda (AWS_LAMBDA_LOG_FORMAT=JSON is set by Terraform).
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .without_time()
-        .init();
-    let config = Config::from_strings(&EnvStrings)?;
+    logging::init(&EnvStrings, Output::Stdout);
+    let config = Config::from_strings(&EnvStrings)
+        .inspect_err(|e| tracing::error!(error = %ErrorChain(e), "invalid configuration"))?;
     let clients = Clients::from_env().await;
     let (plane, _calls) = tether_api::build(&config, &clients);
     let chain = tether_api::build_chain(&config, &clients);
+    tracing::info!(function = "api", "initialised");
     lambda_http::run(tether_api::app(plane, chain)).await
 }

@@ -31,7 +31,7 @@ use tether_core::port::{
 use tether_core::ControlPlane;
 use tether_proto::operator::{ApplyRequest, CreateApiKey, CreateEnrollmentToken, Health};
 use tether_proto::{EnrollRequest, PollRequest, PROTOCOL_VERSION};
-use tracing::info;
+use tracing::{info, Instrument};
 
 /// The storage ports the api needs, as one bound.
 pub trait Backend: AgentStore + DesiredStore + CredentialStore + FleetQuery {}
@@ -85,15 +85,32 @@ pub fn router_with<S: Backend, K: KeySource, Q: TelemetrySink, C: Clock>(
         .layer(axum::middleware::from_fn(access_log))
 }
 
+/// One span per request (its `tenant` and `agent` are recorded once a credential
+/// is verified), and one line when it ends, with the AWS calls it made.
 async fn access_log(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        tenant = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        principal = tracing::field::Empty,
+    );
     let started = Instant::now();
-    let resp = next.run(req).await;
-    info!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    let (resp, calls) = tether_aws::counter::scoped(next.run(req).instrument(span.clone())).await;
+    let _e = span.enter();
+    info!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        aws_calls = calls.total(),
+        aws_ops = %calls.summary(),
+        "request"
+    );
     resp
 }
 

@@ -28,6 +28,8 @@ use tether_core::model::{DoneItem, OutboxItem};
 use tether_core::port::{ActionEntry, StoreError};
 use tether_core::tenant::{AgentId, TenantId};
 
+/// How long an agent's markers and observer state outlive its last telemetry.
+const MARKERS_RETENTION_S: u64 = 30 * 24 * 3600;
 /// Evidence and audit entries live this long.
 const EVIDENCE_RETENTION_S: u64 = 30 * 24 * 3600;
 const AUDIT_RETENTION_S: u64 = 400 * 24 * 3600;
@@ -191,6 +193,13 @@ impl IncidentStore for DynamoStore {
     async fn save_markers(&self, t: &TenantId, a: &AgentId, m: &Markers) -> Result<(), StoreError> {
         let mut item = keyed(&key::incident_markers(t, a));
         item.insert("body".into(), to_body(m)?);
+        // The host's observer state goes with its markers: a host silent this
+        // long starts afresh (DynamoDB's TTL deletes the item).
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        item.insert("ttl".into(), n(now_s + MARKERS_RETENTION_S));
         self.put_versioned(item, m.version).await
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod counter;
 pub mod dynamo;
 pub mod incident;
+pub mod logging;
 pub mod secrets;
 pub mod sqs;
 

@@ -221,6 +221,9 @@ where
             Err(StoreError::Conflict) => return Err(ControlError::InvalidEnrollmentToken),
             other => other?,
         }
+        let span = tracing::Span::current();
+        span.record("tenant", token.tenant.as_str());
+        span.record("agent", agent.agent_id.as_str());
         info!(tenant = %token.tenant, agent_id = %agent.agent_id, "agent enrolled");
         Ok(EnrollResponse {
             protocol: PROTOCOL_VERSION,
@@ -235,6 +238,9 @@ where
     pub async fn poll(&self, bearer: &str, req: PollRequest) -> Result<PollResponse, ControlError> {
         check_protocol(req.protocol)?;
         let id = self.verify_agent(bearer).await?;
+        let span = tracing::Span::current();
+        span.record("tenant", id.tenant.as_str());
+        span.record("agent", id.agent.as_str());
         if req.agent_id != id.agent.as_str() {
             return Err(ControlError::AgentMismatch);
         }
@@ -326,6 +332,15 @@ where
     /// Establishes who calls an operator route: an API key (`tet_key.` prefix) or an
     /// operator JWT.
     pub async fn authenticate_operator(&self, bearer: &str) -> Result<Principal, ControlError> {
+        let p = self.operator_principal(bearer).await?;
+        // The caller's span (the api's request span) logs who this is.
+        let span = tracing::Span::current();
+        span.record("tenant", p.tenant.as_str());
+        span.record("principal", p.subject.as_str());
+        Ok(p)
+    }
+
+    async fn operator_principal(&self, bearer: &str) -> Result<Principal, ControlError> {
         if bearer.starts_with(API_KEY_PREFIX) {
             let key = OpaqueToken::parse(API_KEY_PREFIX, bearer)
                 .map_err(|_| ControlError::InvalidCredential)?;

@@ -9,6 +9,12 @@
 //! - `tether-local bootstrap --tenant T [--uses N]`: creates an admin API key and an
 //!   enrollment token for a tenant directly in the table, and prints them as JSON:
 //!   the first credentials of a fresh installation.
+//! - `tether-local lambda [--addr 127.0.0.1:8080] [--api-instances 2]
+//!   [--role-instances 1] [--bin-dir DIR] [--log-dir DIR] [--cargo-lambda PATH]`:
+//!   the deployed shape instead: every function's real Lambda binary under a
+//!   Lambda Runtime API emulator, with this process playing the Function URL and
+//!   the SQS event source mappings (see `lambda.rs`). Function logs go to
+//!   `--log-dir` (default `.tether/lambda-logs`), one file per instance.
 //! - `tether-local keys rotate`: adds a fresh agent-credential signing key to the
 //!   Secrets Manager secret and makes it active.
 //!
@@ -27,17 +33,13 @@ use tether_core::tenant::TenantId;
 use tether_proto::operator::{CreateApiKey, CreateEnrollmentToken};
 use tracing::info;
 
-const USAGE: &str = "usage: tether-local serve [--addr HOST:PORT] | bootstrap --tenant TENANT [--uses N] | keys rotate";
+mod lambda;
+
+const USAGE: &str = "usage: tether-local serve [--addr HOST:PORT] | lambda [--addr HOST:PORT] [--api-instances N] [--role-instances N] [--bin-dir DIR] [--log-dir DIR] [--cargo-lambda PATH] | bootstrap --tenant TENANT [--uses N] | keys rotate";
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tether_aws::logging::init(&EnvStrings, tether_aws::logging::Output::Stderr);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_strings(&EnvStrings).context("reading TETHER_* configuration")?;
     let clients = Clients::from_env().await;
@@ -50,6 +52,7 @@ async fn main() -> Result<()> {
             )
             .await
         }
+        Some("lambda") => lambda::run(&config, &clients, lambda_options(&args)?).await,
         Some("bootstrap") => {
             let tenant = flag(&args, "--tenant").context(USAGE)?;
             let uses = flag(&args, "--uses")
@@ -67,6 +70,51 @@ async fn main() -> Result<()> {
         }
         _ => bail!(USAGE),
     }
+}
+
+fn lambda_options(args: &[String]) -> Result<lambda::Options> {
+    let workspace = std::env::current_dir()?;
+    let bin_dir = match flag(args, "--bin-dir") {
+        Some(d) => d.into(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .context("the executable's directory")?,
+    };
+    let venv = workspace.join(".tether/venv/bin/cargo-lambda");
+    let cargo_lambda = flag(args, "--cargo-lambda")
+        .map(Into::into)
+        .or_else(|| std::env::var_os("TETHER_CARGO_LAMBDA").map(Into::into))
+        .unwrap_or_else(|| {
+            if venv.is_file() {
+                venv
+            } else {
+                "cargo-lambda".into()
+            }
+        });
+    let count = |name: &str, default: usize| -> Result<usize> {
+        match flag(args, name) {
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .with_context(|| format!("{name} takes a number from 1 to 16")),
+            None => Ok(default),
+        }
+    };
+    Ok(lambda::Options {
+        addr: flag(args, "--addr").unwrap_or("127.0.0.1:8080").to_owned(),
+        bin_dir,
+        cargo_lambda,
+        log_dir: flag(args, "--log-dir")
+            .map(Into::into)
+            .unwrap_or_else(|| workspace.join(".tether/lambda-logs")),
+        workspace,
+        api_instances: count("--api-instances", 2)?,
+        role_instances: count("--role-instances", 1)?,
+        api_timeout: Duration::from_secs(10),
+        role_timeout: Duration::from_secs(30),
+    })
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -135,7 +183,7 @@ fn local_routes(calls: Arc<CallCounter>) -> Router {
     )
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

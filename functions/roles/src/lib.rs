@@ -8,6 +8,8 @@
 //!   policy's `maxReceiveCount` tries it is in the dead-letter queue, its run
 //!   marked failed with the reason by the last try.
 //! - Each function's `main` only calls [`lambda_main`] with its role.
+//! - Both event sources (Lambda's SQS event, the local consumer) go through the
+//!   one [`deliver`] function, so what is tested locally is what Lambda runs.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
@@ -15,12 +17,14 @@ use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_aws::logging::{self, ErrorChain, Output};
 use tether_aws::{
     Clients, Config, DynamoStore, EnvStrings, LlmConfig, S3Artifacts, SqsStageQueues,
 };
 use tether_core::incident::artifact::Stage;
 use tether_core::incident::roles::Enrich;
 use tether_core::port::SystemClock;
+use tracing::Instrument;
 
 /// The incident chain as deployed: DynamoDB, S3, SQS, the system clock.
 pub type Chain =
@@ -113,6 +117,74 @@ impl Enrich for OpenAiCompatible {
     }
 }
 
+/// One queued message, as both event sources see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub message_id: &'a str,
+    pub body: &'a str,
+    /// `ApproximateReceiveCount`: 1 on the first try.
+    pub receive_count: u32,
+}
+
+/// The one delivery function of the incident roles, shared by the Lambda SQS
+/// handler and the local consumer: handles `batch` in order and returns the ids
+/// of the messages that failed (to be redelivered after the visibility timeout,
+/// and on the last try marked failed by the chain). Each message runs in its own
+/// span (role, message id, tenant, agent or run) and ends in one log line with
+/// its outcome and the AWS calls it made.
+pub async fn deliver(chain: &Chain, stage: Stage, batch: &[Delivery<'_>]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for d in batch {
+        let head: serde_json::Value = serde_json::from_str(d.body).unwrap_or_default();
+        let field = |k: &str| {
+            head.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let span = tracing::info_span!(
+            "message",
+            role = stage.as_str(),
+            message_id = d.message_id,
+            tenant = field("tenant"),
+            agent = field("agent_id"),
+            run = field("run_id"),
+        );
+        let started = std::time::Instant::now();
+        let (result, calls) = tether_aws::counter::scoped(
+            chain
+                .handle_delivery(stage, d.body, d.receive_count)
+                .instrument(span.clone()),
+        )
+        .await;
+        let _e = span.enter();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => tracing::info!(
+                receive_count = d.receive_count,
+                elapsed_ms,
+                aws_calls = calls.total(),
+                aws_ops = %calls.summary(),
+                outcome = "ok",
+                "message handled"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    receive_count = d.receive_count,
+                    elapsed_ms,
+                    aws_calls = calls.total(),
+                    aws_ops = %calls.summary(),
+                    outcome = "failed",
+                    error = %ErrorChain(&e),
+                    "message failed"
+                );
+                failed.push(d.message_id.to_owned());
+            }
+        }
+    }
+    failed
+}
+
 fn receive_count(attrs: &std::collections::HashMap<String, String>) -> u32 {
     attrs
         .get("ApproximateReceiveCount")
@@ -122,32 +194,37 @@ fn receive_count(attrs: &std::collections::HashMap<String, String>) -> u32 {
 
 /// One Lambda invocation: every record handled, failures reported per item.
 pub async fn handle_event(chain: &Chain, stage: Stage, event: SqsEvent) -> SqsBatchResponse {
-    let mut failures = Vec::new();
-    for record in event.records {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.as_deref().unwrap_or_default();
-        let tries = receive_count(&record.attributes);
-        if chain.handle_delivery(stage, body, tries).await.is_err() {
+    let batch: Vec<Delivery<'_>> = event
+        .records
+        .iter()
+        .map(|r| Delivery {
+            message_id: r.message_id.as_deref().unwrap_or_default(),
+            body: r.body.as_deref().unwrap_or_default(),
+            receive_count: receive_count(&r.attributes),
+        })
+        .collect();
+    let failures = deliver(chain, stage, &batch)
+        .await
+        .into_iter()
+        .map(|id| {
             let mut f = BatchItemFailure::default();
             f.item_identifier = id;
-            failures.push(f);
-        }
-    }
+            f
+        })
+        .collect();
     let mut r = SqsBatchResponse::default();
     r.batch_item_failures = failures;
     r
 }
 
-/// A role function's whole `main`: JSON logs, config, clients, the SQS handler.
+/// A role function's whole `main`: logging, config, clients, the SQS handler.
 pub async fn lambda_main(stage: Stage) -> Result<(), lambda_runtime::Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .without_time()
-        .init();
-    let config = Config::from_strings(&EnvStrings)?;
+    logging::init(&EnvStrings, Output::Stdout);
+    let config = Config::from_strings(&EnvStrings)
+        .inspect_err(|e| tracing::error!(error = %ErrorChain(e), "invalid configuration"))?;
     let clients = Clients::from_env().await;
     let chain = build_chain(&config, &clients);
+    tracing::info!(function = stage.as_str(), "initialised");
     lambda_runtime::run(service_fn(move |e: LambdaEvent<SqsEvent>| {
         let chain = chain.clone();
         async move { Ok::<_, lambda_runtime::Error>(handle_event(&chain, stage, e.payload).await) }
@@ -187,34 +264,43 @@ impl Consumer {
                     continue;
                 }
             };
+            let batch: Vec<Delivery<'_>> = messages
+                .iter()
+                .map(|m| Delivery {
+                    message_id: m.message_id.as_deref().unwrap_or_default(),
+                    body: m.body.as_deref().unwrap_or_default(),
+                    receive_count: m
+                        .attributes
+                        .as_ref()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                })
+                .collect();
+            let failed = deliver(&chain, self.stage, &batch).await;
             let mut done = Vec::new();
             for (i, m) in messages.iter().enumerate() {
-                let tries = m
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                let body = m.body.as_deref().unwrap_or_default();
                 let Some(handle) = m.receipt_handle.clone() else {
                     continue;
                 };
-                match chain.handle_delivery(self.stage, body, tries).await {
-                    Ok(()) => done.push(
+                if failed
+                    .iter()
+                    .any(|f| Some(f.as_str()) == m.message_id.as_deref())
+                {
+                    let _ = sqs
+                        .change_message_visibility()
+                        .queue_url(&self.queue_url)
+                        .receipt_handle(handle)
+                        .visibility_timeout(self.retry_after.as_secs() as i32)
+                        .send()
+                        .await;
+                } else {
+                    done.push(
                         DeleteMessageBatchRequestEntry::builder()
                             .id(i.to_string())
                             .receipt_handle(handle)
                             .build(),
-                    ),
-                    Err(_) => {
-                        let _ = sqs
-                            .change_message_visibility()
-                            .queue_url(&self.queue_url)
-                            .receipt_handle(handle)
-                            .visibility_timeout(self.retry_after.as_secs() as i32)
-                            .send()
-                            .await;
-                    }
+                    );
                 }
             }
             let entries: Vec<_> = done.into_iter().filter_map(Result::ok).collect();

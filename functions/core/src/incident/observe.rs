@@ -2,9 +2,13 @@
 //! run.
 //!
 //! Invariants:
-//! - Memory is bounded whatever the fleet size: at most `max_hosts` hosts (least
-//!   recently seen evicted first), each with at most `history` windows of the
-//!   watched metrics only.
+//! - A host's whole memory is one [`HostState`]: at most `history` windows of
+//!   the watched metrics only, the families firing now, and the answers given to
+//!   the last `history` window sequence numbers. It is plain data, stored with
+//!   the host's incident markers, so the deployed observer keeps nothing between
+//!   messages: every instance, warm or cold, reaches the same result.
+//! - [`Observer`] holds many hosts in memory (bounded by `max_hosts`, least
+//!   recently seen evicted first) for tests and benchmarks of the rules.
 //! - A signal fires on its rising edge: when the host's previous window (if the
 //!   observer saw it) did not already fire the same family. Storage then makes
 //!   opening a run idempotent across instances (a conditional marker per agent and
@@ -15,6 +19,7 @@
 //! - Non-finite values are ignored.
 
 use super::artifact::Signal;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use tether_proto::TelemetryWindow;
 
@@ -78,17 +83,26 @@ fn watched(metric: &str) -> bool {
                 || metric.ends_with(".ecc_uncorrected")))
 }
 
-#[derive(Debug, Default)]
-struct Host {
-    windows: VecDeque<BTreeMap<String, f64>>,
-    firing: Vec<String>,
-    last_seen: u64,
+/// One host's observation memory (see the module doc).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    #[serde(default)]
+    pub windows: VecDeque<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub firing: Vec<String>,
     /// What the last few windows produced, by seq: a redelivered window gets the
     /// same answer, so the run it opened is opened (idempotently) again.
-    seen: VecDeque<(u64, Rising)>,
+    #[serde(default)]
+    pub seen: VecDeque<(u64, Rising)>,
 }
 
-/// Per-host windows for one observer instance.
+#[derive(Debug, Default)]
+struct Host {
+    state: HostState,
+    last_seen: u64,
+}
+
+/// Per-host windows held in memory (tests and benchmarks of the rules).
 #[derive(Debug)]
 pub struct Observer {
     thresholds: Thresholds,
@@ -100,7 +114,7 @@ pub struct Observer {
 
 /// What one window produced: the signals that rose, and the host's history of
 /// the metrics they were read from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rising {
     pub signals: Vec<Signal>,
     pub history: BTreeMap<String, Vec<f64>>,
@@ -134,10 +148,18 @@ impl Observer {
                 self.hosts.remove(&oldest);
             }
         }
-        let t = self.thresholds.clone();
-        let history_len = self.history;
         let h = self.hosts.entry(host.to_owned()).or_default();
         h.last_seen = self.tick;
+        h.state.observe(&self.thresholds, self.history, w)
+    }
+}
+
+impl HostState {
+    /// Feeds one window; returns the signals that rose. A window seen before gets
+    /// the answer it got then; a window older than the newest seen opens nothing.
+    pub fn observe(&mut self, t: &Thresholds, history: usize, w: &TelemetryWindow) -> Rising {
+        let history_len = history.max(1);
+        let h = self;
         if let Some((_, r)) = h.seen.iter().find(|(seq, _)| *seq == w.seq) {
             return r.clone();
         }
@@ -154,7 +176,7 @@ impl Observer {
             .filter(|(k, v)| v.is_finite() && watched(k))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let all = evaluate(&t, &now, &w.events, &h.windows);
+        let all = evaluate(t, &now, &w.events, &h.windows);
         let rising: Vec<Signal> = all
             .iter()
             .filter(|s| !h.firing.contains(&s.family))
@@ -469,9 +491,9 @@ mod tests {
             );
         }
         let h = &o.hosts["h9999"];
-        assert_eq!(h.windows.len(), 4);
+        assert_eq!(h.state.windows.len(), 4);
         assert!(
-            h.windows.iter().all(|w| w.len() == 1),
+            h.state.windows.iter().all(|w| w.len() == 1),
             "unwatched metrics dropped"
         );
         let nan = o.observe("h9999", &window(200, &[("cpu.busy_pct", f64::NAN)]));

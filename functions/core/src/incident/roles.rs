@@ -19,12 +19,12 @@ use super::artifact::{
     Verdict, SCHEMA_VERSION,
 };
 use super::catalog;
-use super::observe::{Observer, Thresholds};
+use super::observe::Thresholds;
 use super::policy::{Gate, PolicyError, TenantPolicy};
 use super::run::{
     action_id, fingerprint, idempotency_key, run_id, ApprovalRecord, ArtifactStore, AuditEntry,
-    EvidencePoint, Failure, IncidentStore, MarkerEntry, PriorRecord, RunAction, RunManifest,
-    RunStatus, StageMessage, StageQueue,
+    EvidencePoint, Failure, IncidentStore, MarkerEntry, Markers, PriorRecord, RunAction,
+    RunManifest, RunStatus, StageMessage, StageQueue,
 };
 use crate::model::{LiveState, OutboxItem};
 use crate::port::{Clock, StoreError};
@@ -72,9 +72,8 @@ fn perm(m: impl Into<String>) -> RoleError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainConfig {
     pub thresholds: Thresholds,
-    /// Windows kept per host, and hosts kept per observer instance.
+    /// Windows kept per host (in its stored observer state).
     pub history: usize,
-    pub max_hosts: usize,
     /// After a run opens, new runs for the same agent and signal are suppressed
     /// this long (or until the run closes).
     pub suppress_ms: u64,
@@ -97,7 +96,6 @@ impl Default for ChainConfig {
         Self {
             thresholds: Thresholds::default(),
             history: 10,
-            max_hosts: 10_000,
             suppress_ms: 30 * 60_000,
             collect_ms: 60 * 60_000,
             verify_delay_s: 60,
@@ -109,6 +107,16 @@ impl Default for ChainConfig {
     }
 }
 
+/// A run the observer decided to open (or, redelivered, to re-announce).
+#[derive(Debug)]
+struct Opening {
+    window: TelemetryWindow,
+    signal: super::artifact::Signal,
+    history: BTreeMap<String, Vec<f64>>,
+    run: String,
+    redelivered: bool,
+}
+
 /// The chain's handlers over storage, artifacts and queues.
 #[derive(Debug)]
 pub struct Chain<S, A, Q, C> {
@@ -117,7 +125,6 @@ pub struct Chain<S, A, Q, C> {
     queue: Q,
     clock: C,
     cfg: ChainConfig,
-    observer: Mutex<Observer>,
     gates: Mutex<HashMap<String, Result<Gate, PolicyError>>>,
     enricher: Option<Arc<dyn Enrich>>,
 }
@@ -187,14 +194,12 @@ fn envelope(
 
 impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
     pub fn new(store: S, artifacts: A, queue: Q, clock: C, cfg: ChainConfig) -> Self {
-        let observer = Observer::new(cfg.thresholds.clone(), cfg.history, cfg.max_hosts);
         Self {
             store,
             artifacts,
             queue,
             clock,
             cfg,
-            observer: Mutex::new(observer),
             gates: Mutex::new(HashMap::new()),
             enricher: None,
         }
@@ -374,16 +379,40 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
 
     // ---------- observer ----------
 
+    /// The observer: the host's stored state and markers are read once, every
+    /// window of the message is evaluated against them, and the result is written
+    /// back in one conditional write before any run opens. A lost race (another
+    /// instance wrote the same host meanwhile) re-reads and re-evaluates, so no
+    /// result depends on which instance a message lands on.
     pub async fn observe(&self, msg: &ObservationMessage) -> Result<Vec<String>, RoleError> {
         let t = TenantId::parse(&msg.tenant).map_err(|e| perm(e.to_string()))?;
         let a = AgentId::parse(&msg.agent_id).map_err(|e| perm(e.to_string()))?;
-        let host = format!("{t}/{a}");
-        let mut markers = self.store.load_markers(&t, &a).await?;
         let mut windows = msg.windows.clone();
         windows.sort_by_key(|w| w.seq);
-        let mut opened = Vec::new();
+        let mut attempt = 0;
+        let (markers, openings) = loop {
+            let stored = self.store.load_markers(&t, &a).await?;
+            let mut markers = stored.clone();
+            let openings = self.evaluate_windows(&t, &a, &mut markers, &windows);
+            if markers == stored {
+                break (markers, openings);
+            }
+            match self.store.save_markers(&t, &a, &markers).await {
+                Ok(()) => {
+                    markers.version += 1;
+                    break (markers, openings);
+                }
+                Err(StoreError::Conflict) if attempt < 4 => attempt += 1,
+                Err(StoreError::Conflict) => {
+                    return Err(RoleError::Transient(
+                        "incident markers changed concurrently".into(),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // Evidence for the agent's open runs.
         for w in &windows {
-            // Evidence for the agent's open runs.
             for entry in markers.families.values() {
                 if w.end_ms > entry.collect_until_ms {
                     continue;
@@ -412,13 +441,109 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
                         .await?;
                 }
             }
-            let rising = {
-                let mut o = self.observer.lock().unwrap_or_else(|p| p.into_inner());
-                o.observe(&host, w)
-            };
+        }
+        let mut opened = Vec::new();
+        for o in openings {
+            let Opening {
+                window: w,
+                signal: s,
+                history,
+                run,
+                redelivered,
+            } = o;
             let now = self.clock.now_ms();
+            let window_ref = format!("window:{a}:{}", w.seq);
+            let excerpt = format!(
+                "{} = {:.1} over [{}, {}] (threshold {:.1})",
+                s.metric, s.value, w.start_ms, w.end_ms, s.threshold
+            );
+            let mut m = RunManifest {
+                run_id: run.clone(),
+                incident_id: format!("inc_{}", run.trim_start_matches("run_")),
+                agent_id: a.to_string(),
+                family: s.family.clone(),
+                title: s.family.replace('_', " "),
+                status: RunStatus::Open,
+                outcome: String::new(),
+                created_at_ms: w.end_ms,
+                updated_at_ms: now,
+                chain: vec![],
+                approval: None,
+                approval_expires_at_ms: None,
+                actions: vec![],
+                failure: None,
+                fingerprint: String::new(),
+                version: 0,
+            };
+            let art = envelope(
+                Stage::Observer,
+                Some(Stage::Analyzer),
+                &m,
+                &t,
+                w.end_ms,
+                "open",
+                vec![],
+                vec![EvidenceRef::new(window_ref, [excerpt])],
+                Body::ObservationSummary {
+                    agent_id: a.to_string(),
+                    window_seq: w.seq,
+                    window_start_ms: w.start_ms,
+                    window_end_ms: w.end_ms,
+                    signals: vec![s.clone()],
+                    history,
+                },
+            );
+            if redelivered {
+                // Opened by an earlier delivery of this window: make sure the
+                // analyzer heard of the run's own observation.
+                if let Some(existing) = self.store.load_run(&t, &run).await? {
+                    if let Some(l) = existing.link(ArtifactKind::ObservationSummary) {
+                        let id = l.id.clone();
+                        self.next(Stage::Analyzer, &t, &run, &id).await?;
+                        continue;
+                    }
+                }
+            }
+            let id = self.artifacts.put(&t, &art).await?;
+            m.append(Stage::Observer, &art, &id);
+            self.store.create_run(&t, &m).await?;
+            self.store
+                .put_evidence(
+                    &t,
+                    &run,
+                    &EvidencePoint {
+                        seq: w.seq,
+                        end_ms: w.end_ms,
+                        metrics: BTreeMap::from([(s.metric.clone(), s.value)]),
+                    },
+                )
+                .await?;
+            self.next(Stage::Analyzer, &t, &run, &id).await?;
+            tracing::info!(run = %run, family = %s.family, agent = %a, "run opened");
+            opened.push(run);
+        }
+        Ok(opened)
+    }
+
+    /// The pure half of [`Self::observe`]: feeds the windows to the host's
+    /// state, claims in `markers` the families of the runs to open, and returns
+    /// those runs. A signal whose family an open run owns is suppressed; a window
+    /// delivered again yields the same runs, marked `redelivered`.
+    fn evaluate_windows(
+        &self,
+        t: &TenantId,
+        a: &AgentId,
+        markers: &mut Markers,
+        windows: &[TelemetryWindow],
+    ) -> Vec<Opening> {
+        let now = self.clock.now_ms();
+        let mut out = Vec::new();
+        for w in windows {
+            let rising = markers
+                .host
+                .observe(&self.cfg.thresholds, self.cfg.history, w);
             for s in rising.signals {
-                let run = run_id(&t, a.as_str(), &s.family, w.seq);
+                let run = run_id(t, a.as_str(), &s.family, w.seq);
                 if let Some(m) = markers.families.get(&s.family) {
                     if m.run_id != run && m.suppress_until_ms > now {
                         tracing::info!(run = %m.run_id, family = %s.family, "signal already has an open run");
@@ -429,62 +554,6 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
                     .families
                     .get(&s.family)
                     .is_some_and(|m| m.run_id == run);
-                let window_ref = format!("window:{a}:{}", w.seq);
-                let excerpt = format!(
-                    "{} = {:.1} over [{}, {}] (threshold {:.1})",
-                    s.metric, s.value, w.start_ms, w.end_ms, s.threshold
-                );
-                let mut history = rising.history.clone();
-                history.retain(|k, _| *k == s.metric);
-                let mut m = RunManifest {
-                    run_id: run.clone(),
-                    incident_id: format!("inc_{}", run.trim_start_matches("run_")),
-                    agent_id: a.to_string(),
-                    family: s.family.clone(),
-                    title: s.family.replace('_', " "),
-                    status: RunStatus::Open,
-                    outcome: String::new(),
-                    created_at_ms: w.end_ms,
-                    updated_at_ms: now,
-                    chain: vec![],
-                    approval: None,
-                    approval_expires_at_ms: None,
-                    actions: vec![],
-                    failure: None,
-                    fingerprint: String::new(),
-                    version: 0,
-                };
-                let art = envelope(
-                    Stage::Observer,
-                    Some(Stage::Analyzer),
-                    &m,
-                    &t,
-                    w.end_ms,
-                    "open",
-                    vec![],
-                    vec![EvidenceRef::new(window_ref, [excerpt])],
-                    Body::ObservationSummary {
-                        agent_id: a.to_string(),
-                        window_seq: w.seq,
-                        window_start_ms: w.start_ms,
-                        window_end_ms: w.end_ms,
-                        signals: vec![s.clone()],
-                        history,
-                    },
-                );
-                if redelivered {
-                    // Opened by an earlier delivery of this window: make sure the
-                    // analyzer heard of the run's own observation (another observer
-                    // instance may have computed it with more history).
-                    if let Some(existing) = self.store.load_run(&t, &run).await? {
-                        if let Some(l) = existing.link(ArtifactKind::ObservationSummary) {
-                            let id = l.id.clone();
-                            self.next(Stage::Analyzer, &t, &run, &id).await?;
-                            continue;
-                        }
-                    }
-                }
-                let id = self.artifacts.put(&t, &art).await?;
                 if !redelivered {
                     markers.families.insert(
                         s.family.clone(),
@@ -495,35 +564,19 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
                             metrics: vec![s.metric.clone()],
                         },
                     );
-                    match self.store.save_markers(&t, &a, &markers).await {
-                        Ok(()) => markers.version += 1,
-                        Err(StoreError::Conflict) => {
-                            return Err(RoleError::Transient(
-                                "incident markers changed concurrently".into(),
-                            ))
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
                 }
-                m.append(Stage::Observer, &art, &id);
-                self.store.create_run(&t, &m).await?;
-                self.store
-                    .put_evidence(
-                        &t,
-                        &run,
-                        &EvidencePoint {
-                            seq: w.seq,
-                            end_ms: w.end_ms,
-                            metrics: BTreeMap::from([(s.metric.clone(), s.value)]),
-                        },
-                    )
-                    .await?;
-                self.next(Stage::Analyzer, &t, &run, &id).await?;
-                tracing::info!(run = %run, family = %s.family, agent = %a, "run opened");
-                opened.push(run);
+                let mut history = rising.history.clone();
+                history.retain(|k, _| *k == s.metric);
+                out.push(Opening {
+                    window: w.clone(),
+                    signal: s,
+                    history,
+                    run,
+                    redelivered,
+                });
             }
         }
-        Ok(opened)
+        out
     }
 
     // ---------- analyzer ----------

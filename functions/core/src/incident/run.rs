@@ -182,9 +182,14 @@ pub struct MarkerEntry {
     pub metrics: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One item per agent: the runs that own its signal families, and the
+/// observer's memory of the host (its windows and the answers it gave), so that
+/// one read and one conditional write per message keep the observer stateless.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Markers {
     pub families: BTreeMap<String, MarkerEntry>,
+    #[serde(default)]
+    pub host: super::observe::HostState,
     #[serde(default)]
     pub version: u64,
 }
