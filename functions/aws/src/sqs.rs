@@ -79,3 +79,31 @@ impl TelemetrySink for SqsTelemetrySink {
         Ok(())
     }
 }
+
+/// One receive for a queue's consumer (the local runner's, or the event source
+/// mapping `tether-local lambda` plays): up to 10 messages with every system
+/// attribute (`ApproximateReceiveCount` above all), long-polling `wait_s`. An
+/// error is logged and answered with no messages after a second's pause, so an
+/// unreachable queue never spins a consumer.
+pub async fn receive_batch(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    wait_s: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let out = client
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(wait_s)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await;
+    match out {
+        Ok(o) => o.messages.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(queue = queue_url, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "receive failed");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Vec::new()
+        }
+    }
+}

@@ -27,9 +27,7 @@ use aws_lambda_events::event::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
 };
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -516,22 +514,7 @@ impl Mapping {
             .unwrap_or_default();
         info!(function = %self.function, queue = %self.queue_url, "event source mapping enabled");
         while !stop.load(Ordering::Relaxed) {
-            let out = sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await;
-            let messages = match out {
-                Ok(o) => o.messages.unwrap_or_default(),
-                Err(e) => {
-                    warn!(function = %self.function, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "receive failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let messages = tether_aws::sqs::receive_batch(&sqs, &self.queue_url, 1).await;
             if messages.is_empty() {
                 continue;
             }

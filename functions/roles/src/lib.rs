@@ -248,22 +248,9 @@ impl Consumer {
     pub async fn run(self, chain: Arc<Chain>, sqs: aws_sdk_sqs::Client, stop: Arc<AtomicBool>) {
         tracing::info!(role = self.stage.as_str(), queue = %self.queue_url, "consumer started");
         while !stop.load(Ordering::Relaxed) {
-            let out = sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(self.wait.as_secs() as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                .send()
-                .await;
-            let messages = match out {
-                Ok(o) => o.messages.unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(role = self.stage.as_str(), error = %aws_sdk_sqs::error::DisplayErrorContext(e), "receive failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            let messages =
+                tether_aws::sqs::receive_batch(&sqs, &self.queue_url, self.wait.as_secs() as i32)
+                    .await;
             let batch: Vec<Delivery<'_>> = messages
                 .iter()
                 .map(|m| Delivery {
