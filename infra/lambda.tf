@@ -30,6 +30,9 @@ resource "aws_lambda_function" "function" {
   source_code_hash = filebase64sha256("${var.lambda_artifacts_dir}/${each.key}/bootstrap.zip")
   memory_size      = each.value.memory_mb
   timeout          = each.value.timeout_s
+  # The api is capped and each role reserved: a flood of polls or operator calls
+  # on the public URL cannot take the concurrency the incident chain needs.
+  reserved_concurrent_executions = each.value.reserved_concurrency
 
   logging_config {
     log_format = "JSON"

@@ -21,20 +21,25 @@ variable "lambda_artifacts_dir" {
 }
 
 variable "functions" {
-  description = "Deployed functions: name => memory and timeout. Each needs a policy in local.function_statements."
+  description = "Deployed functions: name => memory, timeout and reserved concurrency (-1: none; the api's cap keeps a flood on its public URL from starving the incident roles, whose reservations keep them running). Each needs a policy in local.function_statements. Reservations need account concurrency to spare: AWS keeps at least 10 of the account's limit unreserved, so the defaults (117 in all) need a limit of 127 or more; set -1 on small accounts."
   type = map(object({
-    memory_mb = number
-    timeout_s = number
+    memory_mb            = number
+    timeout_s            = number
+    reserved_concurrency = optional(number, -1)
   }))
   default = {
-    api           = { memory_mb = 256, timeout_s = 10 }
-    observer      = { memory_mb = 256, timeout_s = 30 }
-    analyzer      = { memory_mb = 128, timeout_s = 30 }
-    planner       = { memory_mb = 128, timeout_s = 30 }
-    "policy-gate" = { memory_mb = 128, timeout_s = 30 }
-    executor      = { memory_mb = 128, timeout_s = 30 }
-    verifier      = { memory_mb = 128, timeout_s = 30 }
-    memory        = { memory_mb = 128, timeout_s = 30 }
+    api           = { memory_mb = 256, timeout_s = 10, reserved_concurrency = 100 }
+    observer      = { memory_mb = 256, timeout_s = 30, reserved_concurrency = 5 }
+    analyzer      = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+    planner       = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+    "policy-gate" = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+    executor      = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+    verifier      = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+    memory        = { memory_mb = 128, timeout_s = 30, reserved_concurrency = 2 }
+  }
+  validation {
+    condition     = alltrue([for f in var.functions : f.reserved_concurrency == -1 || f.reserved_concurrency >= 0])
+    error_message = "reserved_concurrency is -1 (none) or a count of instances."
   }
 }
 

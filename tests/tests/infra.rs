@@ -692,3 +692,215 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The whole module, functions included: the eight packages (the test's own
+/// function binaries, zipped as `bin/package` lays them out:
+/// `<function>/bootstrap.zip`), the Function URL, seven SQS event source mappings
+/// with partial batch failures, log groups with retention and reserved
+/// concurrency. moto stores functions without running them; what is asserted is
+/// the state Terraform read back from the emulator after the apply. Then destroy
+/// leaves nothing.
+#[tokio::test]
+async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
+    let emu = Emulator::shared();
+    let prefix = unique_name("tfl");
+    let tmp = std::env::temp_dir().join(&prefix);
+    copy_tree(&repo().join("infra"), &tmp);
+    let packages = tmp.join("packages");
+    let functions = [
+        "api",
+        "observer",
+        "analyzer",
+        "planner",
+        "policy-gate",
+        "executor",
+        "verifier",
+        "memory",
+    ];
+    for f in functions {
+        let dir = packages.join(f);
+        std::fs::create_dir_all(&dir).expect("package dir");
+        let zipped = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile\n\
+                 with zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED) as z:\n\
+                 \x20   z.write(sys.argv[1], 'bootstrap')",
+            ])
+            .arg(tether_e2e::workspace_bin(f))
+            .arg(dir.join("bootstrap.zip"))
+            .status()
+            .expect("python3");
+        assert!(zipped.success(), "zipping {f}");
+    }
+    let dir = tmp.join("envs/local");
+    let vars = vec![
+        "-var".to_owned(),
+        format!("endpoint={}", emu.endpoint),
+        "-var".to_owned(),
+        format!("name_prefix={prefix}"),
+        "-var".to_owned(),
+        format!("lambda_artifacts_dir={}", packages.display()),
+    ];
+    let with_vars = |cmd: &[&str]| -> Vec<String> {
+        cmd.iter()
+            .map(|s| (*s).to_owned())
+            .chain(vars.iter().cloned())
+            .collect()
+    };
+    terraform(&dir, &["init", "-input=false", "-no-color"]);
+    let mut guard = DestroyOnPanic {
+        dir: dir.clone(),
+        vars: vars.clone(),
+        armed: true,
+    };
+    let apply = with_vars(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    terraform(&dir, &apply.iter().map(String::as_str).collect::<Vec<_>>());
+    let outputs: Value =
+        serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"])).expect("outputs");
+    let show: Value =
+        serde_json::from_str(&terraform(&dir, &["show", "-json", "-no-color"])).expect("show");
+    let mut resources = Vec::new();
+    state_resources(&show["values"]["root_module"], &mut resources);
+    let of = |ty: &str| -> Vec<&Value> { resources.iter().filter(|r| r["type"] == ty).collect() };
+    let index = |r: &Value| r["index"].as_str().expect("index").to_owned();
+
+    // ---- functions ----------------------------------------------------------------
+    let fns = of("aws_lambda_function");
+    assert_eq!(
+        fns.iter().map(|r| index(r)).collect::<BTreeSet<_>>(),
+        set(&functions),
+        "eight functions"
+    );
+    let env = outputs["env"]["value"].clone();
+    for r in &fns {
+        let (name, v) = (index(r), &r["values"]);
+        assert_eq!(v["function_name"], format!("{prefix}-{name}"));
+        assert_eq!(v["runtime"], "provided.al2023");
+        assert_eq!(v["handler"], "bootstrap");
+        assert_eq!(v["architectures"], serde_json::json!(["arm64"]));
+        let want_reserved = match name.as_str() {
+            "api" => 100,
+            "observer" => 5,
+            _ => 2,
+        };
+        assert_eq!(
+            v["reserved_concurrent_executions"], want_reserved,
+            "{name}: reserved concurrency"
+        );
+        // Every function gets the environment tether-local gets.
+        assert_eq!(v["environment"][0]["variables"], env, "{name}: environment");
+    }
+    let timeout = |f: &str| {
+        fns.iter()
+            .find(|r| index(r) == f)
+            .map(|r| r["values"]["timeout"].clone())
+    };
+    assert_eq!(timeout("api"), Some(Value::from(10)));
+    assert_eq!(timeout("observer"), Some(Value::from(30)));
+
+    // ---- the Function URL -------------------------------------------------------
+    let urls = of("aws_lambda_function_url");
+    assert_eq!(urls.len(), 1);
+    assert_eq!(urls[0]["values"]["authorization_type"], "NONE");
+    assert_eq!(urls[0]["values"]["function_name"], format!("{prefix}-api"));
+    let url = urls[0]["values"]["function_url"].as_str().expect("url");
+    assert!(url.starts_with("https://"), "{url}");
+    assert_eq!(
+        outputs["api_url"]["value"]
+            .as_str()
+            .map(|u| u.trim_end_matches('/')),
+        Some(url.trim_end_matches('/'))
+    );
+
+    // ---- event source mappings --------------------------------------------------
+    let esms = of("aws_lambda_event_source_mapping");
+    assert_eq!(
+        esms.iter().map(|r| index(r)).collect::<BTreeSet<_>>(),
+        set(&functions[1..]),
+        "one mapping per role"
+    );
+    for r in &esms {
+        let (role, v) = (index(r), &r["values"]);
+        let queue = if role == "observer" {
+            "observations"
+        } else {
+            role.as_str()
+        };
+        assert_eq!(
+            v["event_source_arn"]
+                .as_str()
+                .map(|a| a.ends_with(&format!(":{prefix}-{queue}"))),
+            Some(true),
+            "{role}: {}",
+            v["event_source_arn"]
+        );
+        assert!(
+            v["function_arn"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(&format!(":function:{prefix}-{role}"))),
+            "{role}: {}",
+            v["function_arn"]
+        );
+        assert_eq!(v["batch_size"], 10, "{role}");
+        assert_eq!(
+            v["function_response_types"],
+            serde_json::json!(["ReportBatchItemFailures"]),
+            "{role}: partial batch failures"
+        );
+    }
+
+    // ---- log groups ---------------------------------------------------------------
+    let groups = of("aws_cloudwatch_log_group");
+    assert_eq!(groups.len(), 8);
+    for g in &groups {
+        assert_eq!(
+            g["values"]["name"],
+            format!("/aws/lambda/{prefix}-{}", index(g))
+        );
+        assert_eq!(g["values"]["retention_in_days"], 14);
+    }
+
+    let destroy = with_vars(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
+    terraform(
+        &dir,
+        &destroy.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    guard.armed = false;
+    assert_eq!(
+        terraform(&dir, &["state", "list", "-no-color"]).trim(),
+        "",
+        "destroy leaves nothing in the state"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `infra/README.md`'s variable table names exactly the variables of
+/// `infra/variables.tf`.
+#[test]
+fn the_readme_documents_every_variable() {
+    let tf = std::fs::read_to_string(repo().join("infra/variables.tf")).expect("variables.tf");
+    let declared: BTreeSet<String> = tf
+        .lines()
+        .filter_map(|l| l.strip_prefix("variable \""))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    let readme = std::fs::read_to_string(repo().join("infra/README.md")).expect("README");
+    let table = readme
+        .split("## Variables")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Variables section");
+    let documented: BTreeSet<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split(" |").next())
+        .flat_map(|cell| {
+            cell.split(", ")
+                .map(|n| n.trim_matches('`').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(documented, declared);
+}
