@@ -1,5 +1,6 @@
-//! Builds the kernel-side eBPF programs (`bpf/*.c`) with clang into `OUT_DIR`,
-//! where `src/ebpf.rs` embeds the object. Objects are never committed.
+//! Builds the kernel-side eBPF programs (the workspace's top-level `bpf/*.c`)
+//! with clang into `OUT_DIR`, where `src/ebpf.rs` embeds the object. Objects are
+//! never committed.
 //!
 //! Without clang the agent still builds: the object is left empty and the agent
 //! reports eBPF "unavailable: built without its eBPF object" at run time.
@@ -12,7 +13,7 @@ use std::process::Command;
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
     let obj = out.join("tether.bpf.o");
-    for f in ["bpf/tether.bpf.c", "bpf/record.h"] {
+    for f in ["../bpf/tether.bpf.c", "../bpf/record.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=TETHER_REQUIRE_BPF");
@@ -26,7 +27,7 @@ fn main() {
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-D__TARGET_ARCH_{}", arch.0))
         .arg(format!("-I/usr/include/{}", arch.1))
-        .args(["-c", "bpf/tether.bpf.c", "-o"])
+        .args(["-c", "../bpf/tether.bpf.c", "-o"])
         .arg(&obj)
         .output();
     let why = match built {

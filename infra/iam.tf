@@ -67,6 +67,16 @@ locals {
         Action   = ["secretsmanager:GetSecretValue"]
         Resource = [aws_secretsmanager_secret.signing_keys.arn]
       },
+      {
+        # GET /v1/status: one read-only call per dependency, every queue's depth.
+        Sid    = "Status"
+        Action = ["dynamodb:DescribeTable", "secretsmanager:DescribeSecret", "sqs:GetQueueAttributes"]
+        Resource = concat(
+          [aws_dynamodb_table.main.arn, aws_secretsmanager_secret.signing_keys.arn],
+          [for q in var.queues : aws_sqs_queue.queue[q].arn],
+          [for q in var.queues : aws_sqs_queue.dlq[q].arn],
+        )
+      },
     ]
   })
 }

@@ -63,6 +63,30 @@ variable "max_receive_count" {
   default     = 5
 }
 
+variable "noncurrent_version_days" {
+  description = "Days a superseded version of a bucket object is kept before S3 deletes it."
+  type        = number
+  default     = 30
+}
+
+variable "alarm_topic_arn" {
+  description = "An existing SNS topic the alarms notify (DLQ not empty, error rate); null: none."
+  type        = string
+  default     = null
+}
+
+variable "create_alarm_topic" {
+  description = "Create an SNS topic `<prefix>-alarms` for the alarms (subscribe to it yourself)."
+  type        = bool
+  default     = false
+}
+
+variable "error_rate_alarm_pct" {
+  description = "A function's error rate (api: 5xx per request; roles: failed per message) over 5 minutes that raises its alarm."
+  type        = number
+  default     = 5
+}
+
 variable "log_retention_days" {
   type    = number
   default = 14

@@ -220,3 +220,42 @@ pub struct Health {
     pub version: String,
     pub protocol: u32,
 }
+
+/// `GET /v1/status` (admin): the control plane's own health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `ok`, or `degraded` when a dependency failed its check or a dead-letter
+    /// queue holds messages.
+    pub status: String,
+    pub checked_at_ms: u64,
+    pub dependencies: Vec<DependencyStatus>,
+    pub queues: Vec<QueueStatus>,
+}
+
+/// One AWS dependency, checked with one cheap call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DependencyStatus {
+    /// `dynamodb`, `secretsmanager`, `sqs`.
+    pub name: String,
+    pub ok: bool,
+    pub latency_ms: u64,
+    /// Why the check failed; empty when it passed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// One work queue and its dead-letter queue (SQS's approximate counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// `observations`, `analyzer`, ... as `infra/` names them.
+    pub name: String,
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received, not yet deleted (being handled, or failed and waiting for the
+    /// visibility timeout).
+    pub in_flight: u64,
+    /// Sent with a delay not yet over (the chain's timed re-checks).
+    pub delayed: u64,
+    /// Messages in the dead-letter queue (each a message that failed every try).
+    pub dlq_visible: u64,
+}

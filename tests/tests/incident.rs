@@ -257,7 +257,15 @@ async fn function_logs_carry_request_and_message_fields() {
             poll["requestId"].as_str().is_some_and(|r| r.len() == 36),
             "{poll}"
         );
+        assert_eq!(poll["function"], "api");
     }
+    // Metrics in CloudWatch's Embedded Metric Format, on the same line.
+    assert_eq!(poll["Requests"], 1);
+    assert_eq!(poll["Errors"], 0);
+    assert_eq!(
+        poll["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Tether",
+        "{poll}"
+    );
 
     let planner = w.runner.log_lines("planner");
     let handled = planner
@@ -279,7 +287,14 @@ async fn function_logs_carry_request_and_message_fields() {
             handled["requestId"].as_str().is_some_and(|r| !r.is_empty()),
             "{handled}"
         );
+        assert_eq!(handled["function"], "planner");
     }
+    assert_eq!(handled["Messages"], 1);
+    let metrics: Vec<&str> = handled["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|x| x["Name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(metrics, vec!["Messages", "AwsCalls", "RoleLatency"]);
 }
 
 #[tokio::test]
@@ -1256,4 +1271,77 @@ async fn an_optional_llm_rewords_the_hypothesis_but_never_decides() {
             "policy is unchanged by the wording"
         );
     }
+}
+
+/// `GET /v1/status`: every dependency checked, every queue's depth and its
+/// dead-letter queue's; a message in a DLQ makes the report `degraded`. Admin
+/// only; bad credentials change nothing.
+#[tokio::test]
+async fn status_reports_dependencies_and_queue_depths_to_admins_only() {
+    let w = world("ops").await;
+    let r = w.http.get("/v1/status", Some(&w.key));
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let report: tether_proto::operator::StatusReport =
+        serde_json::from_value(r.json.clone()).expect("status report");
+    assert_eq!(report.status, "ok", "{:?}", r.json);
+    let deps: Vec<(&str, bool)> = report
+        .dependencies
+        .iter()
+        .map(|d| (d.name.as_str(), d.ok))
+        .collect();
+    assert_eq!(
+        deps,
+        vec![("dynamodb", true), ("secretsmanager", true), ("sqs", true)]
+    );
+    let names: Vec<&str> = report.queues.iter().map(|q| q.name.as_str()).collect();
+    for q in [
+        "observations",
+        "analyzer",
+        "planner",
+        "policy-gate",
+        "executor",
+        "verifier",
+        "memory",
+    ] {
+        assert!(names.contains(&q), "{q} missing from {names:?}");
+    }
+
+    // A dead-lettered message: the executor's DLQ holds it.
+    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let (_, dlq) = w.stack.stage_queues["executor"].clone();
+    sqs.send_message()
+        .queue_url(dlq)
+        .message_body("{}")
+        .send()
+        .await
+        .expect("send");
+    let r = w.http.get("/v1/status", Some(&w.key));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["status"], "degraded");
+    let executor = r.json["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "executor"))
+        .cloned()
+        .expect("executor queue");
+    assert_eq!(executor["dlq_visible"], 1, "{executor}");
+
+    // A viewer is refused; so are a missing and a forged credential.
+    let viewer = w.http.post(
+        "/v1/api-keys",
+        Some(&w.key),
+        &json!({"role": "viewer", "description": "read-only"}),
+    );
+    assert_eq!(viewer.status, 201, "{:?}", viewer.json);
+    let viewer_key = viewer.json["key"].as_str().expect("key").to_owned();
+    let r = w.http.get("/v1/status", Some(&viewer_key));
+    assert_eq!(
+        (r.status, r.json["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    let r = w.http.get("/v1/status", None);
+    assert_eq!(r.status, 401);
+    let last = if w.key.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &w.key[..w.key.len() - 1]);
+    let r = w.http.get("/v1/status", Some(&forged));
+    assert_eq!(r.status, 401);
 }

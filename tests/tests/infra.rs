@@ -534,7 +534,27 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
         let sqs = sqs.clone();
         async move { queue_attr(&sqs, &url, Q::QueueArn).await }
     };
+    // GET /v1/status: read-only checks of the table, the secret, every queue and DLQ.
+    let mut status_resources = vec![table_arn.clone(), secret_arn.to_string()];
+    for urls in [queue_urls.clone(), out("dlq_urls")] {
+        for url in urls.as_object().expect("queue urls").values() {
+            status_resources.push(queue_attr(&sqs, url.as_str().expect("url"), Q::QueueArn).await);
+        }
+    }
+    assert_eq!(
+        status_resources.len(),
+        16,
+        "table, secret, 7 queues, 7 DLQs"
+    );
     let want: BTreeSet<(BTreeSet<String>, BTreeSet<String>)> = [
+        (
+            set(&[
+                "dynamodb:DescribeTable",
+                "secretsmanager:DescribeSecret",
+                "sqs:GetQueueAttributes",
+            ]),
+            set(&status_resources),
+        ),
         (
             set(&[
                 "dynamodb:BatchGetItem",
@@ -861,6 +881,61 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
         assert_eq!(g["values"]["retention_in_days"], 14);
     }
 
+    // ---- alarms -------------------------------------------------------------------
+    let alarms = of("aws_cloudwatch_metric_alarm");
+    let dlq_alarms: Vec<&&Value> = alarms
+        .iter()
+        .filter(|a| a["name"] == "dlq_not_empty")
+        .collect();
+    assert_eq!(dlq_alarms.len(), 7, "one DLQ alarm per queue");
+    for a in &dlq_alarms {
+        let v = &a["values"];
+        assert_eq!(v["namespace"], "AWS/SQS");
+        assert_eq!(v["metric_name"], "ApproximateNumberOfMessagesVisible");
+        assert_eq!(
+            v["dimensions"]["QueueName"],
+            format!("{prefix}-{}-dlq", index(a))
+        );
+        assert_eq!(v["comparison_operator"], "GreaterThanThreshold");
+        assert_eq!(v["threshold"], 0.0);
+    }
+    let rate_alarms: Vec<&&Value> = alarms
+        .iter()
+        .filter(|a| a["name"] == "error_rate")
+        .collect();
+    assert_eq!(
+        rate_alarms
+            .iter()
+            .map(|a| index(a))
+            .collect::<BTreeSet<_>>(),
+        set(&functions),
+        "one error-rate alarm per function"
+    );
+    for a in &rate_alarms {
+        let f = index(a);
+        let q = a["values"]["metric_query"]
+            .as_array()
+            .expect("metric queries");
+        let metric = |id: &str| {
+            q.iter()
+                .find(|m| m["id"] == id)
+                .map(|m| m["metric"][0].clone())
+                .unwrap_or_default()
+        };
+        let (errors, total) = if f == "api" {
+            ("Errors", "Requests")
+        } else {
+            ("Failures", "Messages")
+        };
+        assert_eq!(metric("errors")["metric_name"], errors, "{f}");
+        assert_eq!(metric("total")["metric_name"], total, "{f}");
+        assert_eq!(metric("errors")["namespace"], "Tether");
+        assert_eq!(
+            metric("errors")["dimensions"]["function"],
+            format!("{prefix}-{f}"),
+            "{f}: the function name the EMF lines carry"
+        );
+    }
     let destroy = with_vars(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     terraform(
         &dir,
@@ -903,4 +978,96 @@ fn the_readme_documents_every_variable() {
         })
         .collect();
     assert_eq!(documented, declared);
+}
+
+/// checkov (`TETHER_CHECKOV`, installed by bin/test from
+/// `infra/requirements-checkov.txt`) on `infra/`: no failed check but those
+/// skipped in `infra/.checkov.yaml`, each skip with its reason, and no skip
+/// that would pass anyway (the list is exactly what checkov objects to).
+#[test]
+fn checkov_is_clean_apart_from_the_listed_skips() {
+    let checkov = std::env::var("TETHER_CHECKOV").unwrap_or_else(|_| {
+        repo()
+            .join(".tether/checkov-venv/bin/checkov")
+            .to_string_lossy()
+            .into_owned()
+    });
+    assert!(
+        Path::new(&checkov).is_file(),
+        "{checkov} is missing: bin/test installs it (infra/requirements-checkov.txt)"
+    );
+    // checkov reads a `.checkov.yaml` in the scanned directory by itself: the
+    // bare scan runs on a copy without it.
+    let bare_dir = std::env::temp_dir().join(unique_name("checkov"));
+    copy_tree(&repo().join("infra"), &bare_dir);
+    std::fs::remove_file(bare_dir.join(".checkov.yaml")).expect("copied config");
+    let scan = |config: Option<&Path>| -> Value {
+        let mut cmd = Command::new(&checkov);
+        cmd.args(["--quiet", "--compact", "-o", "json"]);
+        match config {
+            Some(c) => cmd
+                .arg("-d")
+                .arg(repo().join("infra"))
+                .arg("--config-file")
+                .arg(c),
+            None => cmd
+                .arg("-d")
+                .arg(&bare_dir)
+                .args(["--framework", "terraform"]),
+        };
+        let out = cmd.output().expect("checkov runs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "checkov printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        match v {
+            Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+            other => other,
+        }
+    };
+    let config = repo().join("infra/.checkov.yaml");
+    let text = std::fs::read_to_string(&config).expect(".checkov.yaml");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut skipped = BTreeSet::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(id) = l.strip_prefix("- CKV") {
+            let id = format!("CKV{id}");
+            let why = lines.get(i + 1).and_then(|n| n.strip_prefix("# why: "));
+            assert!(
+                why.is_some_and(|w| w.len() > 20),
+                "{id} is skipped without a reason on the next line"
+            );
+            skipped.insert(id);
+        }
+    }
+
+    let with_skips = scan(Some(&config));
+    assert_eq!(
+        with_skips["summary"]["parsing_errors"], 0,
+        "{}",
+        with_skips["summary"]
+    );
+    assert_eq!(
+        with_skips["summary"]["failed"], 0,
+        "checkov failures not listed in infra/.checkov.yaml: {}",
+        with_skips["results"]["failed_checks"]
+    );
+    assert!(with_skips["summary"]["passed"]
+        .as_u64()
+        .is_some_and(|n| n > 50));
+
+    let bare = scan(None);
+    let objections: BTreeSet<String> = bare["results"]["failed_checks"]
+        .as_array()
+        .expect("failed checks")
+        .iter()
+        .map(|c| c["check_id"].as_str().expect("check id").to_owned())
+        .collect();
+    assert_eq!(
+        skipped, objections,
+        "the skip list must be exactly what checkov objects to"
+    );
+    let _ = std::fs::remove_dir_all(&bare_dir);
 }

@@ -31,7 +31,7 @@ fn documented() -> BTreeSet<(String, String)> {
 
 /// (METHOD, path) pairs declared by `.route("path", get(..).post(..))` calls.
 fn routed() -> BTreeSet<(String, String)> {
-    let src = ["routes.rs", "incidents.rs"]
+    let src = ["routes.rs", "incidents.rs", "status.rs"]
         .iter()
         .map(|f| {
             std::fs::read_to_string(repo().join("functions/api/src").join(f))

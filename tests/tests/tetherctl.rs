@@ -93,6 +93,16 @@ async fn tetherctl_drives_the_control_plane_with_stable_exit_codes() {
 
     let login = ctl.ok(&["login", "--url", &runner.url, "--token", &key]);
     assert!(login.contains("1 agents visible"), "{login}");
+    // The control plane's own health, as a table and as JSON.
+    let status = ctl.ok(&["status"]);
+    assert!(status.starts_with("status: ok"), "{status}");
+    assert!(
+        status.contains("dynamodb") && status.contains("observations"),
+        "{status}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-o", "json", "status"])).expect("status json");
+    assert_eq!(status["dependencies"].as_array().map(Vec::len), Some(3));
     let stored = ctl.home.join(".config/tether/tetherctl.json");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

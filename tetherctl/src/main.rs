@@ -94,6 +94,8 @@ enum Command {
     },
     /// The audit log: approvals, rejections, expiries, policy changes.
     Audit,
+    /// The control plane's health: dependencies and queue depths (admin).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -617,6 +619,47 @@ fn run(cli: &Cli) -> Result<(), Error> {
                             text(&r["status"])
                         ),
                     }
+                }
+            }
+        }
+        Command::Status => {
+            let report: tether_proto::operator::StatusReport = client(cli)?.get("/v1/status")?;
+            match out {
+                Output::Json => json(&report)?,
+                Output::Table => {
+                    println!("status: {}", report.status);
+                    table(
+                        &["DEPENDENCY", "OK", "LATENCY MS", "ERROR"],
+                        report
+                            .dependencies
+                            .iter()
+                            .map(|d| {
+                                vec![
+                                    d.name.clone(),
+                                    d.ok.to_string(),
+                                    d.latency_ms.to_string(),
+                                    d.error.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                    println!();
+                    table(
+                        &["QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ"],
+                        report
+                            .queues
+                            .iter()
+                            .map(|q| {
+                                vec![
+                                    q.name.clone(),
+                                    q.visible.to_string(),
+                                    q.in_flight.to_string(),
+                                    q.delayed.to_string(),
+                                    q.dlq_visible.to_string(),
+                                ]
+                            })
+                            .collect(),
+                    );
                 }
             }
         }

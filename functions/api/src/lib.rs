@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod incidents;
 pub mod routes;
+pub mod status;
 pub mod wiring;
 
 pub use routes::router;

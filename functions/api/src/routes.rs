@@ -14,6 +14,7 @@
 //! | GET | `/v1/runs`, `/v1/runs/{id}`, `/v1/runs/{id}/evidence`, `/v1/artifacts/{id}`, `/v1/audit`, `/v1/policy` | viewer (`incidents.rs`) |
 //! | POST | `/v1/runs/{id}/approve`, `/v1/runs/{id}/reject` | operator |
 //! | PUT | `/v1/policy` | admin |
+//! | GET | `/v1/status` | admin (`status.rs`): dependencies and queue depths |
 
 use crate::error::ApiError;
 use crate::extract::{Bearer, JsonBody, Operator};
@@ -102,13 +103,21 @@ async fn access_log(
     let started = Instant::now();
     let (resp, calls) = tether_aws::counter::scoped(next.run(req).instrument(span.clone())).await;
     let _e = span.enter();
+    let status = resp.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     info!(
         %method,
         %path,
-        status = resp.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        status,
+        elapsed_ms,
         aws_calls = calls.total(),
         aws_ops = %calls.summary(),
+        Requests = 1u64,
+        ClientErrors = u64::from((400..500).contains(&status)),
+        Errors = u64::from(status >= 500),
+        AwsCalls = calls.total(),
+        Latency = elapsed_ms,
+        emf_metrics = "Requests:Count,ClientErrors:Count,Errors:Count,AwsCalls:Count,Latency:Milliseconds",
         "request"
     );
     resp

@@ -2,7 +2,9 @@
 //! adapters over them, the domain services over the adapters.
 
 use crate::incidents::Incidents;
+use crate::status::Status;
 use std::sync::Arc;
+use tether_aws::status::Probe;
 use tether_aws::{CallCounter, Clients, Config, DynamoStore, SecretsManagerKeys, SqsTelemetrySink};
 use tether_core::incident::artifact::Stage;
 use tether_core::port::SystemClock;
@@ -33,10 +35,15 @@ pub fn build(config: &Config, clients: &Clients) -> (Arc<Plane>, Arc<CallCounter
     (Arc::new(plane), clients.calls.clone())
 }
 
-/// The api's whole router: agent, operator and incident routes, and the console.
-pub fn app(plane: Arc<Plane>, chain: Arc<Chain>) -> axum::Router {
+/// The api's whole router: agent, operator, incident and status routes, and the
+/// console.
+pub fn app(plane: Arc<Plane>, chain: Arc<Chain>, probe: Arc<Probe>) -> axum::Router {
     crate::routes::router_with(
         plane.clone(),
-        crate::incidents::routes(Incidents { plane, chain }),
+        crate::incidents::routes(Incidents {
+            plane: plane.clone(),
+            chain,
+        })
+        .merge(crate::status::routes(Status { plane, probe })),
     )
 }

@@ -17,6 +17,7 @@ pub mod incident;
 pub mod logging;
 pub mod secrets;
 pub mod sqs;
+pub mod status;
 
 pub use config::{Config, ConfigError, EnvStrings, LlmConfig, Strings};
 pub use counter::CallCounter;

@@ -13,6 +13,12 @@
 //!   silent by default.
 //! - Errors logged through [`ErrorChain`] (or recorded as `&dyn Error`) carry
 //!   their whole `source()` chain, joined by `: `.
+//! - Every line names its `function` (the Lambda function, or `tether-local`).
+//! - Metrics are log lines in CloudWatch's Embedded Metric Format: an event with
+//!   an [`EMF`] field (`"Requests:Count,Latency:Milliseconds"`) gets an `_aws`
+//!   block declaring those of its fields as metrics in the `Tether` namespace,
+//!   by `function`. CloudWatch extracts them from the log; no API call, no
+//!   extra cost on the request path.
 
 use crate::config::Strings;
 use std::fmt;
@@ -31,6 +37,14 @@ pub enum Output {
     Stderr,
 }
 
+/// The event field that lists an event's metrics (see the module doc).
+pub const EMF: &str = "emf_metrics";
+
+/// The metric namespace of every Tether function.
+pub const NAMESPACE: &str = "Tether";
+
+static FUNCTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The filter directive: `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn directive(strings: &impl Strings) -> String {
     if let Some(d) = strings.get("RUST_LOG") {
@@ -47,8 +61,14 @@ pub fn directive(strings: &impl Strings) -> String {
     }
 }
 
-/// Installs the global subscriber. A second call (tests) changes nothing.
-pub fn init(strings: &impl Strings, output: Output) {
+/// Installs the global subscriber for `function` (`AWS_LAMBDA_FUNCTION_NAME`
+/// when set, else the name given). A second call (tests) changes nothing.
+pub fn init(strings: &impl Strings, output: Output, function: &str) {
+    let _ = FUNCTION.set(
+        strings
+            .get("AWS_LAMBDA_FUNCTION_NAME")
+            .unwrap_or_else(|| function.to_owned()),
+    );
     let filter = EnvFilter::try_new(directive(strings)).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -98,6 +118,9 @@ where
             obj.insert("time".into(), t.into());
         }
         obj.insert("level".into(), meta.level().as_str().into());
+        if let Some(f) = FUNCTION.get() {
+            obj.insert("function".into(), f.clone().into());
+        }
         obj.insert("target".into(), meta.target().into());
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -113,10 +136,37 @@ where
             }
         }
         event.record(&mut Fields(&mut obj));
+        if let Some(serde_json::Value::String(spec)) = obj.remove(EMF) {
+            let ms = now.unix_timestamp_nanos() / 1_000_000;
+            obj.insert("_aws".into(), emf_block(&spec, ms as i64, &obj));
+        }
         let line = serde_json::Value::Object(obj).to_string();
         writer.write_str(&line)?;
         writer.write_char('\n')
     }
+}
+
+/// The `_aws` block of the Embedded Metric Format for the metrics `spec` names
+/// (`Name:Unit,...`) that the line carries as numbers.
+fn emf_block(
+    spec: &str,
+    timestamp_ms: i64,
+    line: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let metrics: Vec<serde_json::Value> = spec
+        .split(',')
+        .filter_map(|m| m.split_once(':'))
+        .filter(|(name, _)| line.get(*name).is_some_and(serde_json::Value::is_number))
+        .map(|(name, unit)| serde_json::json!({"Name": name, "Unit": unit}))
+        .collect();
+    serde_json::json!({
+        "Timestamp": timestamp_ms,
+        "CloudWatchMetrics": [{
+            "Namespace": NAMESPACE,
+            "Dimensions": [["function"]],
+            "Metrics": metrics,
+        }]
+    })
 }
 
 struct Fields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
@@ -213,6 +263,7 @@ mod tests {
             .event_format(FlatJson)
             .with_writer(move || w.clone())
             .finish();
+        let _ = FUNCTION.set("api".into());
         tracing::subscriber::with_default(sub, || {
             let outer = tracing::info_span!("invoke", requestId = "r-1");
             let _o = outer.enter();
@@ -225,6 +276,12 @@ mod tests {
             inner.record("tenant", "acme");
             let e = Outer(Middle(std::io::Error::other("connection reset")));
             tracing::error!(error = %ErrorChain(&e), aws_calls = 2u64, "request failed");
+            tracing::info!(
+                Requests = 1u64,
+                Latency = 7u64,
+                emf_metrics = "Requests:Count,Latency:Milliseconds,Missing:Count",
+                "request"
+            );
             tracing::debug!("not shown at info");
         });
         let text = String::from_utf8(buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
@@ -233,7 +290,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_default())
             .collect();
-        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines.len(), 2, "{text}");
         let l = &lines[0];
         assert_eq!(l["level"], "ERROR");
         assert_eq!(l["message"], "request failed");
@@ -243,5 +300,25 @@ mod tests {
         assert_eq!(l["aws_calls"], 2);
         assert_eq!(l["error"], "poll failed: query timed out: connection reset");
         assert!(l["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(l["function"], "api");
+        assert!(l.get("_aws").is_none(), "no metrics on a plain line");
+
+        // Embedded Metric Format: the declared metrics the line carries.
+        let m = &lines[1];
+        assert_eq!(m["Requests"], 1);
+        assert_eq!(m["Latency"], 7);
+        assert!(m.get("emf_metrics").is_none());
+        let cw = &m["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "Tether");
+        assert_eq!(cw["Dimensions"], serde_json::json!([["function"]]));
+        assert_eq!(
+            cw["Metrics"],
+            serde_json::json!([
+                {"Name": "Requests", "Unit": "Count"},
+                {"Name": "Latency", "Unit": "Milliseconds"}
+            ]),
+            "a declared metric the line lacks is left out"
+        );
+        assert!(m["_aws"]["Timestamp"].as_i64().is_some_and(|t| t > 0));
     }
 }

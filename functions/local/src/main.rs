@@ -39,7 +39,11 @@ const USAGE: &str = "usage: tether-local serve [--addr HOST:PORT] | lambda [--ad
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tether_aws::logging::init(&EnvStrings, tether_aws::logging::Output::Stderr);
+    tether_aws::logging::init(
+        &EnvStrings,
+        tether_aws::logging::Output::Stderr,
+        "tether-local",
+    );
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_strings(&EnvStrings).context("reading TETHER_* configuration")?;
     let clients = Clients::from_env().await;
@@ -127,7 +131,8 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 async fn serve(config: &Config, clients: &Clients, addr: &str) -> Result<()> {
     let (plane, calls) = tether_api::build(config, clients);
     let chain = tether_api::build_chain(config, clients);
-    let app = tether_api::app(plane, chain.clone()).merge(local_routes(calls));
+    let probe = Arc::new(tether_aws::status::Probe::new(clients, config));
+    let app = tether_api::app(plane, chain.clone(), probe).merge(local_routes(calls));
     let stop = Arc::new(AtomicBool::new(false));
     let retry_after = Duration::from_secs(
         std::env::var("TETHER_LOCAL_RETRY_S")

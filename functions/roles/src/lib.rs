@@ -166,9 +166,15 @@ pub async fn deliver(chain: &Chain, stage: Stage, batch: &[Delivery<'_>]) -> Vec
                 aws_calls = calls.total(),
                 aws_ops = %calls.summary(),
                 outcome = "ok",
+                Messages = 1u64,
+                AwsCalls = calls.total(),
+                RoleLatency = elapsed_ms,
+                emf_metrics = "Messages:Count,AwsCalls:Count,RoleLatency:Milliseconds",
                 "message handled"
             ),
             Err(e) => {
+                // The last try: the queue's redrive policy moves it to the DLQ.
+                let to_dlq = d.receive_count >= chain.config().max_receives;
                 tracing::warn!(
                     receive_count = d.receive_count,
                     elapsed_ms,
@@ -176,6 +182,12 @@ pub async fn deliver(chain: &Chain, stage: Stage, batch: &[Delivery<'_>]) -> Vec
                     aws_ops = %calls.summary(),
                     outcome = "failed",
                     error = %ErrorChain(&e),
+                    Messages = 1u64,
+                    Failures = 1u64,
+                    DlqArrivals = u64::from(to_dlq),
+                    AwsCalls = calls.total(),
+                    RoleLatency = elapsed_ms,
+                    emf_metrics = "Messages:Count,Failures:Count,DlqArrivals:Count,AwsCalls:Count,RoleLatency:Milliseconds",
                     "message failed"
                 );
                 failed.push(d.message_id.to_owned());
@@ -219,7 +231,11 @@ pub async fn handle_event(chain: &Chain, stage: Stage, event: SqsEvent) -> SqsBa
 
 /// A role function's whole `main`: logging, config, clients, the SQS handler.
 pub async fn lambda_main(stage: Stage) -> Result<(), lambda_runtime::Error> {
-    logging::init(&EnvStrings, Output::Stdout);
+    logging::init(
+        &EnvStrings,
+        Output::Stdout,
+        &stage.as_str().replace('_', "-"),
+    );
     let config = Config::from_strings(&EnvStrings)
         .inspect_err(|e| tracing::error!(error = %ErrorChain(e), "invalid configuration"))?;
     let clients = Clients::from_env().await;

@@ -36,6 +36,8 @@ provider "aws" {
     secretsmanager = var.endpoint
     lambda         = var.endpoint
     cloudwatchlogs = var.endpoint
+    cloudwatch     = var.endpoint
+    sns            = var.endpoint
   }
 }
 
