@@ -19,6 +19,13 @@
 //! broken install) is seen at once and reported with its log.
 //!
 //! Its output goes to `target/<profile>/moto-<port>.log`.
+//!
+//! Per-service endpoints: `TETHER_AWS_ENDPOINT_SQS`, `TETHER_AWS_ENDPOINT_S3` and
+//! `TETHER_AWS_ENDPOINT_SECRETSMANAGER` put that service on another emulator
+//! (the LocalStack lane: SQS, S3 and Secrets Manager on LocalStack's host mode,
+//! DynamoDB on moto). Child processes get them as the standard
+//! `AWS_ENDPOINT_URL_<SERVICE>` variables; the harness's own clients come from
+//! [`Emulator::sdk_config_for`].
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -32,6 +39,8 @@ use std::time::{Duration, Instant};
 pub struct Emulator {
     /// `http://127.0.0.1:<port>`, or `TETHER_AWS_ENDPOINT`.
     pub endpoint: String,
+    /// Services on another endpoint (`sqs`, `s3`, `secretsmanager`).
+    pub services: std::collections::BTreeMap<String, String>,
     /// The watchdog, whose stdin's write end we hold: closing it (at process exit)
     /// stops moto. Kept, not waited for: it lives as long as this test process.
     /// `None` for an external endpoint.
@@ -140,6 +149,7 @@ fn start_moto(bin: &Path, port: u16) -> Result<Emulator, String> {
         if answers(&endpoint) {
             return Ok(Emulator {
                 endpoint,
+                services: service_endpoints(),
                 _watchdog: Some(child),
             });
         }
@@ -174,6 +184,7 @@ impl Emulator {
             if let Ok(endpoint) = std::env::var("TETHER_AWS_ENDPOINT") {
                 return Emulator {
                     endpoint: endpoint.trim_end_matches('/').to_owned(),
+                    services: service_endpoints(),
                     _watchdog: None,
                 };
             }
@@ -206,6 +217,27 @@ impl Emulator {
             .await
     }
 
+    /// Like [`Self::sdk_config`], for one service (`sqs`, `s3`, `secretsmanager`,
+    /// `dynamodb`): its own endpoint when the lane puts it elsewhere.
+    pub async fn sdk_config_for(&self, service: &str) -> aws_config::SdkConfig {
+        let endpoint = self.endpoint_for(service);
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .load()
+            .await
+    }
+
+    /// The endpoint serving `service`.
+    pub fn endpoint_for(&self, service: &str) -> &str {
+        self.services
+            .get(service)
+            .map_or(self.endpoint.as_str(), String::as_str)
+    }
+
     /// Environment variables a child process (the runner, terraform) needs to reach
     /// it: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (and
     /// AWS_EC2_METADATA_DISABLED, so no SDK probes for instance credentials).
@@ -219,8 +251,30 @@ impl Emulator {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(self.services.iter().map(|(svc, url)| {
+            // The SDK's variable names the service by its id, spaces as '_'.
+            let id = if svc == "secretsmanager" {
+                "SECRETS_MANAGER".to_owned()
+            } else {
+                svc.to_uppercase()
+            };
+            (format!("AWS_ENDPOINT_URL_{id}"), url.clone())
+        }))
         .collect()
     }
+}
+
+/// `TETHER_AWS_ENDPOINT_<SERVICE>` for the services a lane may move.
+fn service_endpoints() -> std::collections::BTreeMap<String, String> {
+    ["sqs", "s3", "secretsmanager"]
+        .into_iter()
+        .filter_map(|svc| {
+            std::env::var(format!("TETHER_AWS_ENDPOINT_{}", svc.to_uppercase()))
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (svc.to_owned(), v.trim_end_matches('/').to_owned()))
+        })
+        .collect()
 }
 
 /// `prefix`, '-' and a random 12-digit hex suffix (lowercase letters, digits and

@@ -17,7 +17,13 @@ pub struct Stack {
     pub dlq_url: String,
     pub bucket: String,
     pub secret_id: String,
+    /// The emulator's configuration (DynamoDB's endpoint); SQS, S3 and Secrets
+    /// Manager clients come from [`Stack::sqs`], [`Stack::s3`], [`Stack::secrets`],
+    /// which honour a lane's per-service endpoints.
     pub sdk: aws_config::SdkConfig,
+    sqs_sdk: aws_config::SdkConfig,
+    s3_sdk: aws_config::SdkConfig,
+    secrets_sdk: aws_config::SdkConfig,
     /// The incident roles' queues (name -> (url, dlq url)), when created with
     /// [`Stack::create_with_chain`].
     pub stage_queues: BTreeMap<String, (String, String)>,
@@ -80,7 +86,10 @@ impl Stack {
             .send()
             .await
             .expect("create table");
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let sqs_sdk = emu.sdk_config_for("sqs").await;
+        let s3_sdk = emu.sdk_config_for("s3").await;
+        let secrets_sdk = emu.sdk_config_for("secretsmanager").await;
+        let sqs = aws_sdk_sqs::Client::new(&sqs_sdk);
         let dlq_url = sqs
             .create_queue()
             .queue_name(format!("{name}-observations-dlq"))
@@ -98,7 +107,7 @@ impl Stack {
             .queue_url
             .expect("queue url");
         let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
+            aws_sdk_s3::config::Builder::from(&s3_sdk)
                 .force_path_style(true)
                 .build(),
         );
@@ -108,7 +117,7 @@ impl Stack {
             .send()
             .await
             .expect("create bucket");
-        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let secrets = aws_sdk_secretsmanager::Client::new(&secrets_sdk);
         let secret_id = format!("{name}/signing-keys");
         secrets
             .create_secret()
@@ -123,6 +132,9 @@ impl Stack {
             bucket,
             secret_id,
             sdk,
+            sqs_sdk,
+            s3_sdk,
+            secrets_sdk,
             stage_queues: BTreeMap::new(),
         };
         stack.rotate_keys().await;
@@ -133,7 +145,7 @@ impl Stack {
     /// policy of `max_receives` tries, like `infra/` (whose default is 5).
     pub async fn create_with_chain(emu: &Emulator, max_receives: u32) -> Self {
         let mut stack = Self::create(emu).await;
-        let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
+        let sqs = stack.sqs();
         let name = unique_name("q");
         for q in STAGE_QUEUES {
             let dlq = sqs
@@ -180,19 +192,36 @@ impl Stack {
         stack
     }
 
-    pub async fn rotate_keys(&self) -> String {
-        tether_aws::SecretsManagerKeys::new(
-            aws_sdk_secretsmanager::Client::new(&self.sdk),
-            self.secret_id.clone(),
+    /// An SQS client on the endpoint that serves SQS.
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sqs_sdk)
+    }
+
+    /// An S3 client (path-style) on the endpoint that serves S3.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.s3_sdk)
+                .force_path_style(true)
+                .build(),
         )
-        .rotate(crate::now_ms())
-        .await
-        .expect("rotate keys")
+    }
+
+    /// A Secrets Manager client on the endpoint that serves it.
+    pub fn secrets(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.secrets_sdk)
+    }
+
+    pub async fn rotate_keys(&self) -> String {
+        tether_aws::SecretsManagerKeys::new(self.secrets(), self.secret_id.clone())
+            .rotate(crate::now_ms())
+            .await
+            .expect("rotate keys")
     }
 
     /// The key ring as stored, for tests that forge or age credentials.
     pub async fn key_ring(&self) -> tether_core::credential::KeyRing {
-        let out = aws_sdk_secretsmanager::Client::new(&self.sdk)
+        let out = self
+            .secrets()
             .get_secret_value()
             .secret_id(&self.secret_id)
             .send()
@@ -256,7 +285,7 @@ impl Stack {
         want: usize,
         deadline: std::time::Duration,
     ) -> Vec<serde_json::Value> {
-        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let sqs = self.sqs();
         let until = std::time::Instant::now() + deadline;
         let mut got = Vec::new();
         while got.len() < want && std::time::Instant::now() < until {

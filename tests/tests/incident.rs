@@ -401,11 +401,7 @@ async fn a_filling_disk_goes_through_the_whole_chain_once() {
         .send(&br#"{"what":"disk_usage","snapshot":{"text":"/ 97.5"}}"#[..])
         .expect("upload");
     assert_eq!(put.status().as_u16(), 200, "the presigned PUT is accepted");
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&w.stack.sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = w.stack.s3();
     let stored = s3
         .get_object()
         .bucket(&w.stack.bucket)
@@ -474,7 +470,7 @@ async fn a_filling_disk_goes_through_the_whole_chain_once() {
     );
 
     // Duplicate delivery at every stage changes nothing.
-    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let sqs = w.stack.sqs();
     let msg = |t: &str, extra: Value| {
         let mut m = json!({"type": t, "tenant": "acme", "run_id": id});
         for (k, v) in extra.as_object().expect("object") {
@@ -747,7 +743,7 @@ async fn a_poison_message_ends_in_the_dlq_and_fails_its_run() {
     let run = wait_run(&w, "cpu_saturation", "awaiting_approval");
     let id = run["run_id"].as_str().expect("id");
     let forged = format!("art_{}", "0".repeat(64));
-    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let sqs = w.stack.sqs();
     let (url, dlq) = w.stack.stage_queues["executor"].clone();
     // One batch: three good messages (an executor check of a run that awaits
     // approval: handled, nothing to do) around one poison message (an artifact
@@ -1307,7 +1303,7 @@ async fn status_reports_dependencies_and_queue_depths_to_admins_only() {
     }
 
     // A dead-lettered message: the executor's DLQ holds it.
-    let sqs = aws_sdk_sqs::Client::new(&w.stack.sdk);
+    let sqs = w.stack.sqs();
     let (_, dlq) = w.stack.stage_queues["executor"].clone();
     sqs.send_message()
         .queue_url(dlq)
