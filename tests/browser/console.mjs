@@ -72,6 +72,18 @@ try {
   if (!text.includes("instrument") || !text.includes("succeeded")) throw new Error("actions page: " + text);
   await page.screenshot({ path: `${outDir}/04-actions.png` });
 
+  step = "status page";
+  await page.click('nav a[data-page="health"]');
+  await page.waitForFunction(() => document.querySelectorAll("#health-deps tr").length === 3);
+  for (const dep of ["dynamodb", "secretsmanager", "sqs"]) {
+    const row = await page.locator(`#health-deps tr[data-dependency="${dep}"]`).textContent();
+    if (!row.includes("ok")) throw new Error(`status page: ${dep}: ${row}`);
+  }
+  if ((await page.locator('#health-queues tr[data-queue="observations"]').count()) !== 1) {
+    throw new Error("status page: no observations queue");
+  }
+  await page.screenshot({ path: `${outDir}/05-status.png` });
+
   step = "sign out";
   await page.click("#signout");
   await page.waitForSelector("#signin:not([hidden])");

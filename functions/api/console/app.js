@@ -4,7 +4,7 @@
 "use strict";
 
 const TOKEN_KEY = "tether.token";
-const pages = ["fleet", "services", "actions", "incidents", "audit"];
+const pages = ["fleet", "services", "actions", "incidents", "audit", "health"];
 let selectedRun = null;
 let timer = null;
 
@@ -59,7 +59,7 @@ function show(page) {
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
   clearInterval(timer);
   if (page === "signin") return;
-  const refresh = { fleet: loadFleet, services: loadServices, actions: loadActions, incidents: loadIncidents, audit: loadAudit }[page];
+  const refresh = { fleet: loadFleet, services: loadServices, actions: loadActions, incidents: loadIncidents, audit: loadAudit, health: loadHealth }[page];
   const run = () => refresh().then(() => status("updated " + new Date().toLocaleTimeString()), onError);
   run();
   timer = setInterval(run, 2000);
@@ -264,6 +264,28 @@ async function loadAudit() {
   $("audit-rows").replaceChildren(...entries.map((e) => el("tr", { "data-action": e.action },
     el("td", {}, new Date(e.at_ms).toLocaleString()), el("td", { class: "mono" }, e.actor), el("td", {}, e.action),
     el("td", { class: "mono" }, e.run_id), el("td", {}, e.detail || ""))));
+}
+
+// The control plane's own health (GET /v1/status, admin only).
+async function loadHealth() {
+  let r;
+  try {
+    r = await api("GET", "/v1/status");
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403) {
+      $("health-error").textContent = "The status report needs the admin role (" + e.code + ").";
+      return;
+    }
+    throw e;
+  }
+  $("health-error").textContent = "";
+  $("health-overall").replaceChildren(badge(r.status));
+  $("health-deps").replaceChildren(...r.dependencies.map((d) => el("tr", { "data-dependency": d.name },
+    el("td", {}, d.name), el("td", {}, badge(d.ok ? "ok" : "failed")), el("td", {}, d.latency_ms + " ms"),
+    el("td", { class: "mono" }, d.error || ""))));
+  $("health-queues").replaceChildren(...r.queues.map((q) => el("tr", { "data-queue": q.name },
+    el("td", {}, q.name), el("td", {}, String(q.visible)), el("td", {}, String(q.in_flight)),
+    el("td", {}, String(q.delayed)), el("td", {}, q.dlq_visible ? badge(q.dlq_visible + " in DLQ") : "0"))));
 }
 
 function signOut(message) {
