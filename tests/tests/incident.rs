@@ -1290,15 +1290,7 @@ async fn status_reports_dependencies_and_queue_depths_to_admins_only() {
         vec![("dynamodb", true), ("secretsmanager", true), ("sqs", true)]
     );
     let names: Vec<&str> = report.queues.iter().map(|q| q.name.as_str()).collect();
-    for q in [
-        "observations",
-        "analyzer",
-        "planner",
-        "policy-gate",
-        "executor",
-        "verifier",
-        "memory",
-    ] {
+    for q in std::iter::once("observations").chain(tether_e2e::stack::STAGE_QUEUES) {
         assert!(names.contains(&q), "{q} missing from {names:?}");
     }
 

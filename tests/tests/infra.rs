@@ -82,6 +82,82 @@ impl Drop for DestroyOnPanic {
     }
 }
 
+/// A copy of `infra/` applied to the emulator through `envs/local`, with the
+/// endpoint, `name_prefix` and `extra` variables; destroyed if the test panics.
+struct Applied {
+    dir: PathBuf,
+    vars: Vec<String>,
+    guard: DestroyOnPanic,
+    outputs: Value,
+}
+
+impl Applied {
+    fn apply(emu: &Emulator, prefix: &str, tmp: &Path, extra: &[String]) -> Self {
+        let dir = tmp.join("envs/local");
+        let mut vars = vec![
+            "-var".to_owned(),
+            format!("endpoint={}", emu.endpoint),
+            "-var".to_owned(),
+            format!("name_prefix={prefix}"),
+        ];
+        vars.extend_from_slice(extra);
+        terraform(&dir, &["init", "-input=false", "-no-color"]);
+        let guard = DestroyOnPanic {
+            dir: dir.clone(),
+            vars: vars.clone(),
+            armed: true,
+        };
+        let started = std::time::Instant::now();
+        with_vars(
+            &dir,
+            &["apply", "-auto-approve", "-input=false", "-no-color"],
+            &vars,
+        );
+        eprintln!("terraform apply to the emulator: {:?}", started.elapsed());
+        let outputs = serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"]))
+            .expect("outputs");
+        Self {
+            dir,
+            vars,
+            guard,
+            outputs,
+        }
+    }
+
+    fn output(&self, name: &str) -> Value {
+        self.outputs[name]["value"].clone()
+    }
+
+    /// Every resource in the state.
+    fn resources(&self) -> Vec<Value> {
+        let show: Value =
+            serde_json::from_str(&terraform(&self.dir, &["show", "-json", "-no-color"]))
+                .expect("show");
+        let mut out = Vec::new();
+        state_resources(&show["values"]["root_module"], &mut out);
+        out
+    }
+
+    fn destroy(mut self) {
+        with_vars(
+            &self.dir,
+            &["destroy", "-auto-approve", "-input=false", "-no-color"],
+            &self.vars,
+        );
+        self.guard.armed = false;
+    }
+}
+
+/// `terraform CMD... VARS...`.
+fn with_vars(dir: &Path, cmd: &[&str], vars: &[String]) -> String {
+    let args: Vec<&str> = cmd
+        .iter()
+        .copied()
+        .chain(vars.iter().map(String::as_str))
+        .collect();
+    terraform(dir, &args)
+}
+
 #[test]
 fn terraform_is_formatted_and_valid() {
     terraform(
@@ -166,32 +242,8 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     let prefix = unique_name("tf");
     let tmp = std::env::temp_dir().join(&prefix);
     copy_tree(&repo().join("infra"), &tmp);
-    let dir = tmp.join("envs/local");
-    let vars = vec![
-        "-var".to_owned(),
-        format!("endpoint={}", emu.endpoint),
-        "-var".to_owned(),
-        format!("name_prefix={prefix}"),
-    ];
-    let with_vars = |cmd: &[&str]| -> Vec<String> {
-        cmd.iter()
-            .map(|s| (*s).to_owned())
-            .chain(vars.iter().cloned())
-            .collect()
-    };
-    terraform(&dir, &["init", "-input=false", "-no-color"]);
-    let apply = with_vars(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    let mut guard = DestroyOnPanic {
-        dir: dir.clone(),
-        vars: vars.clone(),
-        armed: true,
-    };
-    let started = std::time::Instant::now();
-    terraform(&dir, &apply.iter().map(String::as_str).collect::<Vec<_>>());
-    eprintln!("terraform apply to the emulator: {:?}", started.elapsed());
-    let outputs: Value =
-        serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"])).expect("outputs");
-    let out = |name: &str| outputs[name]["value"].clone();
+    let applied = Applied::apply(emu, &prefix, &tmp, &[]);
+    let out = |name: &str| applied.output(name);
 
     // ---- table ------------------------------------------------------------------
     let sdk = emu.sdk_config().await;
@@ -491,10 +543,7 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     );
 
     // ---- least privilege, from the state: exact actions on exact resources --------
-    let show: Value =
-        serde_json::from_str(&terraform(&dir, &["show", "-json", "-no-color"])).expect("show");
-    let mut resources = Vec::new();
-    state_resources(&show["values"]["root_module"], &mut resources);
+    let resources = applied.resources();
     let types: BTreeSet<String> = resources
         .iter()
         .map(|r| r["type"].as_str().expect("type").to_owned())
@@ -674,12 +723,7 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
     assert_eq!(got, want);
 
     // ---- destroy ----------------------------------------------------------------
-    let destroy = with_vars(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    terraform(
-        &dir,
-        &destroy.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    guard.armed = false;
+    applied.destroy();
     assert!(
         ddb.describe_table()
             .table_name(&table)
@@ -753,35 +797,16 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
             .expect("python3");
         assert!(zipped.success(), "zipping {f}");
     }
-    let dir = tmp.join("envs/local");
-    let vars = vec![
-        "-var".to_owned(),
-        format!("endpoint={}", emu.endpoint),
-        "-var".to_owned(),
-        format!("name_prefix={prefix}"),
-        "-var".to_owned(),
-        format!("lambda_artifacts_dir={}", packages.display()),
-    ];
-    let with_vars = |cmd: &[&str]| -> Vec<String> {
-        cmd.iter()
-            .map(|s| (*s).to_owned())
-            .chain(vars.iter().cloned())
-            .collect()
-    };
-    terraform(&dir, &["init", "-input=false", "-no-color"]);
-    let mut guard = DestroyOnPanic {
-        dir: dir.clone(),
-        vars: vars.clone(),
-        armed: true,
-    };
-    let apply = with_vars(&["apply", "-auto-approve", "-input=false", "-no-color"]);
-    terraform(&dir, &apply.iter().map(String::as_str).collect::<Vec<_>>());
-    let outputs: Value =
-        serde_json::from_str(&terraform(&dir, &["output", "-json", "-no-color"])).expect("outputs");
-    let show: Value =
-        serde_json::from_str(&terraform(&dir, &["show", "-json", "-no-color"])).expect("show");
-    let mut resources = Vec::new();
-    state_resources(&show["values"]["root_module"], &mut resources);
+    let applied = Applied::apply(
+        emu,
+        &prefix,
+        &tmp,
+        &[
+            "-var".to_owned(),
+            format!("lambda_artifacts_dir={}", packages.display()),
+        ],
+    );
+    let resources = applied.resources();
     let of = |ty: &str| -> Vec<&Value> { resources.iter().filter(|r| r["type"] == ty).collect() };
     let index = |r: &Value| r["index"].as_str().expect("index").to_owned();
 
@@ -792,7 +817,7 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
         set(&functions),
         "eight functions"
     );
-    let env = outputs["env"]["value"].clone();
+    let env = applied.output("env");
     for r in &fns {
         let (name, v) = (index(r), &r["values"]);
         assert_eq!(v["function_name"], format!("{prefix}-{name}"));
@@ -827,7 +852,8 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
     let url = urls[0]["values"]["function_url"].as_str().expect("url");
     assert!(url.starts_with("https://"), "{url}");
     assert_eq!(
-        outputs["api_url"]["value"]
+        applied
+            .output("api_url")
             .as_str()
             .map(|u| u.trim_end_matches('/')),
         Some(url.trim_end_matches('/'))
@@ -936,12 +962,8 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
             "{f}: the function name the EMF lines carry"
         );
     }
-    let destroy = with_vars(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
-    terraform(
-        &dir,
-        &destroy.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    guard.armed = false;
+    let dir = applied.dir.clone();
+    applied.destroy();
     assert_eq!(
         terraform(&dir, &["state", "list", "-no-color"]).trim(),
         "",

@@ -107,3 +107,32 @@ pub async fn receive_batch(
         }
     }
 }
+
+/// Deletes handled messages by their receipt handles (at most 10, one batch). A
+/// failure is logged and nothing more: those messages come back after the
+/// visibility timeout, and every consumer is idempotent.
+pub async fn delete_handled(client: &aws_sdk_sqs::Client, queue_url: &str, handles: Vec<String>) {
+    let entries: Vec<_> = handles
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(h)
+                .build()
+                .ok()
+        })
+        .collect();
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = client
+        .delete_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        tracing::warn!(queue = queue_url, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "delete failed; the messages will be redelivered");
+    }
+}

@@ -27,7 +27,7 @@ use aws_lambda_events::event::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
 };
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -570,37 +570,19 @@ impl Mapping {
             }) else {
                 continue;
             };
-            let entries: Vec<DeleteMessageBatchRequestEntry> = messages
+            if !failed.is_empty() {
+                info!(function = %self.function, records = messages.len(), failed = failed.len(), "batch item failures reported; they return after the visibility timeout");
+            }
+            let handled: Vec<String> = messages
                 .iter()
-                .enumerate()
-                .filter(|(_, m)| {
+                .filter(|m| {
                     !failed
                         .iter()
                         .any(|f| m.message_id.as_deref() == Some(f.as_str()))
                 })
-                .filter_map(|(i, m)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .set_receipt_handle(m.receipt_handle.clone())
-                        .build()
-                        .ok()
-                })
+                .filter_map(|m| m.receipt_handle.clone())
                 .collect();
-            if !failed.is_empty() {
-                info!(function = %self.function, records = messages.len(), failed = failed.len(), "batch item failures reported; they return after the visibility timeout");
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            if let Err(e) = sqs
-                .delete_message_batch()
-                .queue_url(&self.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                warn!(function = %self.function, error = %aws_sdk_sqs::error::DisplayErrorContext(e), "delete failed; the records will be redelivered");
-            }
+            tether_aws::sqs::delete_handled(&sqs, &self.queue_url, handled).await;
         }
     }
 }

@@ -12,7 +12,7 @@
 //!   one [`deliver`] function, so what is tested locally is what Lambda runs.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use lambda_runtime::{service_fn, LambdaEvent};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -282,7 +282,7 @@ impl Consumer {
                 .collect();
             let failed = deliver(&chain, self.stage, &batch).await;
             let mut done = Vec::new();
-            for (i, m) in messages.iter().enumerate() {
+            for m in &messages {
                 let Some(handle) = m.receipt_handle.clone() else {
                     continue;
                 };
@@ -298,27 +298,10 @@ impl Consumer {
                         .send()
                         .await;
                 } else {
-                    done.push(
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(handle)
-                            .build(),
-                    );
+                    done.push(handle);
                 }
             }
-            let entries: Vec<_> = done.into_iter().filter_map(Result::ok).collect();
-            if !entries.is_empty() {
-                if let Err(e) = sqs
-                    .delete_message_batch()
-                    .queue_url(&self.queue_url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                {
-                    // Not deleted: redelivered later, and the handlers are idempotent.
-                    tracing::warn!(role = self.stage.as_str(), error = %aws_sdk_sqs::error::DisplayErrorContext(e), "delete failed");
-                }
-            }
+            tether_aws::sqs::delete_handled(&sqs, &self.queue_url, done).await;
         }
         tracing::info!(role = self.stage.as_str(), "consumer stopped");
     }
