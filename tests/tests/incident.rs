@@ -241,7 +241,7 @@ async fn function_logs_carry_request_and_message_fields() {
     assert_eq!(poll["level"], "INFO");
     assert_eq!(poll["tenant"], "logs");
     assert_eq!(poll["status"], 200);
-    assert!(poll["aws_calls"].as_u64().is_some_and(|n| n >= 2), "{poll}");
+    assert!(poll["AwsCalls"].as_u64().is_some_and(|n| n >= 2), "{poll}");
     assert!(
         poll["aws_ops"]
             .as_str()
@@ -276,7 +276,7 @@ async fn function_logs_carry_request_and_message_fields() {
     assert_eq!(handled["outcome"], "ok");
     assert_eq!(handled["receive_count"], 1);
     assert!(
-        handled["aws_calls"].as_u64().is_some_and(|n| n >= 3),
+        handled["AwsCalls"].as_u64().is_some_and(|n| n >= 3),
         "{handled}"
     );
     assert!(handled["message_id"]

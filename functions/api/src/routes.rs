@@ -109,8 +109,6 @@ async fn access_log(
         %method,
         %path,
         status,
-        elapsed_ms,
-        aws_calls = calls.total(),
         aws_ops = %calls.summary(),
         Requests = 1u64,
         ClientErrors = u64::from((400..500).contains(&status)),

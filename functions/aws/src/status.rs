@@ -33,13 +33,7 @@ impl Probe {
         let queues = config
             .stage_queue_urls
             .iter()
-            .map(|(stage, url)| {
-                let name = match stage {
-                    tether_core::incident::artifact::Stage::Observer => "observations".to_owned(),
-                    other => other.as_str().replace('_', "-"),
-                };
-                (name, url.clone())
-            })
+            .map(|(stage, url)| (stage.queue().to_owned(), url.clone()))
             .collect();
         Self {
             dynamodb: clients.dynamodb.clone(),

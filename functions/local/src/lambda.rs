@@ -40,7 +40,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_aws::{Clients, Config};
-use tether_core::incident::artifact::Stage;
 use tracing::{info, warn};
 
 /// A Function URL's request and response payload limit.
@@ -66,11 +65,6 @@ pub struct Options {
     pub role_timeout: Duration,
 }
 
-/// A role's function name (Terraform's `var.functions` key).
-pub fn function_name(stage: Stage) -> String {
-    stage.as_str().replace('_', "-")
-}
-
 /// Lambda's memory setting per function, as `infra/variables.tf` declares it.
 fn memory_mb(function: &str) -> u32 {
     match function {
@@ -84,7 +78,7 @@ pub async fn run(config: &Config, clients: &Clients, opts: Options) -> Result<()
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let mut functions = vec![("api".to_owned(), opts.api_instances.max(1))];
     for stage in config.stage_queue_urls.keys() {
-        functions.push((function_name(*stage), opts.role_instances.max(1)));
+        functions.push((stage.function().to_owned(), opts.role_instances.max(1)));
     }
     for (f, _) in &functions {
         let bin = opts.bin_dir.join(f);
@@ -139,7 +133,7 @@ pub async fn run(config: &Config, clients: &Clients, opts: Options) -> Result<()
     for (stage, url) in config.stage_queue_urls.iter().filter(|_| chain_configured) {
         for _ in 0..opts.role_instances.max(1) {
             let m = Mapping {
-                function: function_name(*stage),
+                function: stage.function().to_owned(),
                 queue_url: url.clone(),
                 timeout: opts.role_timeout,
             };

@@ -162,8 +162,6 @@ pub async fn deliver(chain: &Chain, stage: Stage, batch: &[Delivery<'_>]) -> Vec
         match result {
             Ok(()) => tracing::info!(
                 receive_count = d.receive_count,
-                elapsed_ms,
-                aws_calls = calls.total(),
                 aws_ops = %calls.summary(),
                 outcome = "ok",
                 Messages = 1u64,
@@ -177,8 +175,6 @@ pub async fn deliver(chain: &Chain, stage: Stage, batch: &[Delivery<'_>]) -> Vec
                 let to_dlq = d.receive_count >= chain.config().max_receives;
                 tracing::warn!(
                     receive_count = d.receive_count,
-                    elapsed_ms,
-                    aws_calls = calls.total(),
                     aws_ops = %calls.summary(),
                     outcome = "failed",
                     error = %ErrorChain(&e),
@@ -231,11 +227,7 @@ pub async fn handle_event(chain: &Chain, stage: Stage, event: SqsEvent) -> SqsBa
 
 /// A role function's whole `main`: logging, config, clients, the SQS handler.
 pub async fn lambda_main(stage: Stage) -> Result<(), lambda_runtime::Error> {
-    logging::init(
-        &EnvStrings,
-        Output::Stdout,
-        &stage.as_str().replace('_', "-"),
-    );
+    logging::init(&EnvStrings, Output::Stdout, stage.function());
     let config = Config::from_strings(&EnvStrings)
         .inspect_err(|e| tracing::error!(error = %ErrorChain(e), "invalid configuration"))?;
     let clients = Clients::from_env().await;

@@ -62,6 +62,22 @@ impl Stage {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
+
+    /// The role's function, as `infra/` names it (`var.functions`).
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::PolicyGate => "policy-gate",
+            other => other.as_str(),
+        }
+    }
+
+    /// The role's input queue, as `infra/` names it (`var.queues`).
+    pub fn queue(self) -> &'static str {
+        match self {
+            Self::Observer => "observations",
+            other => other.function(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -417,6 +433,26 @@ impl Artifact {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_name_the_functions_and_queues_infra_declares() {
+        let names: Vec<(&str, &str)> = Stage::ALL
+            .into_iter()
+            .map(|s| (s.function(), s.queue()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("observer", "observations"),
+                ("analyzer", "analyzer"),
+                ("planner", "planner"),
+                ("policy-gate", "policy-gate"),
+                ("executor", "executor"),
+                ("verifier", "verifier"),
+                ("memory", "memory"),
+            ]
+        );
+    }
 
     fn sample() -> Artifact {
         Artifact {
