@@ -1,6 +1,7 @@
 # The functions themselves, created only when packages exist
 # (var.lambda_artifacts_dir). The emulator cannot run Lambda without Docker, so
-# the local loop leaves them out and tether-local hosts the same handlers.
+# the local loop leaves them out and runs the same binaries under tether-local
+# (serve, or lambda: the real entry points under a Runtime API emulator).
 
 locals {
   deploy_functions = var.lambda_artifacts_dir != null

@@ -15,7 +15,7 @@ variable "bucket_name" {
 }
 
 variable "lambda_artifacts_dir" {
-  description = "Directory with one <function>/bootstrap.zip per function, as written by `cargo lambda build --release --arm64 --output-format zip` (target/lambda). Null: no Lambda functions or Function URL are created (the emulator cannot run them without Docker; tether-local hosts the same handlers)."
+  description = "Directory with one <function>/bootstrap.zip per function, as written by bin/package (`cargo lambda build --profile lambda-package --arm64 --output-format zip`, target/lambda). Null: no Lambda functions or Function URL are created (the emulator cannot run them without Docker; tether-local runs the same binaries)."
   type        = string
   default     = null
 }
