@@ -771,17 +771,11 @@ async fn terraform_applies_the_whole_module_with_packages_and_destroys() {
     let tmp = std::env::temp_dir().join(&prefix);
     copy_tree(&repo().join("infra"), &tmp);
     let packages = tmp.join("packages");
-    let functions = [
-        "api",
-        "observer",
-        "analyzer",
-        "planner",
-        "policy-gate",
-        "executor",
-        "verifier",
-        "memory",
-    ];
-    for f in functions {
+    // The api and the seven roles, by the names the functions' code uses.
+    let functions: Vec<&str> = std::iter::once("api")
+        .chain(tether_core::incident::artifact::Stage::ALL.map(|s| s.function()))
+        .collect();
+    for f in functions.iter().copied() {
         let dir = packages.join(f);
         std::fs::create_dir_all(&dir).expect("package dir");
         let zipped = Command::new("python3")

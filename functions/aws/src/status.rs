@@ -132,20 +132,20 @@ impl Probe {
     }
 
     async fn attributes(&self, url: &str) -> Result<std::collections::HashMap<Q, String>, String> {
-        let call = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(Q::ApproximateNumberOfMessages)
-            .attribute_names(Q::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(Q::ApproximateNumberOfMessagesDelayed)
-            .attribute_names(Q::RedrivePolicy)
-            .send();
-        match tokio::time::timeout(CHECK_TIMEOUT, call).await {
-            Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-            Ok(Err(e)) => Err(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()),
-            Ok(Ok(o)) => Ok(o.attributes.unwrap_or_default()),
-        }
+        bounded(async {
+            self.sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(Q::ApproximateNumberOfMessages)
+                .attribute_names(Q::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(Q::ApproximateNumberOfMessagesDelayed)
+                .attribute_names(Q::RedrivePolicy)
+                .send()
+                .await
+                .map(|o| o.attributes.unwrap_or_default())
+                .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+        })
+        .await
     }
 }
 
@@ -154,14 +154,20 @@ async fn timed(
     check: impl std::future::Future<Output = Result<(), String>>,
 ) -> DependencyStatus {
     let started = Instant::now();
-    let result = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-        Ok(r) => r,
-    };
+    let result = bounded(check).await;
     DependencyStatus {
         name: name.to_owned(),
         ok: result.is_ok(),
         latency_ms: started.elapsed().as_millis() as u64,
         error: result.err().unwrap_or_default(),
     }
+}
+
+/// One check, given at most [`CHECK_TIMEOUT`].
+async fn bounded<T>(
+    check: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())))
 }

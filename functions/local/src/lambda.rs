@@ -268,10 +268,12 @@ async fn supervise(
     }
 }
 
-/// Synchronous invocations through the emulator's Invoke API.
+/// Synchronous invocations through the emulator's Invoke API, over one
+/// connection pool.
 #[derive(Debug, Clone)]
 struct Invoker {
     runtime: String,
+    agent: ureq::Agent,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +286,11 @@ enum InvokeError {
 
 impl Invoker {
     fn new(runtime: String) -> Self {
-        Self { runtime }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { runtime, agent }
     }
 
     async fn invoke(
@@ -297,14 +303,14 @@ impl Invoker {
             "{}/2015-03-31/functions/{function}/invocations",
             self.runtime
         );
+        let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(timeout))
-                .http_status_as_error(false)
-                .build()
-                .into();
+            // The function's own timeout, as Lambda enforces it per invocation.
             let mut resp = agent
                 .post(&url)
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
                 .header("Content-Type", "application/json")
                 .send(&payload[..])
                 .map_err(|e| InvokeError::Transport(e.to_string()))?;
@@ -409,17 +415,18 @@ fn url_event(
     headers.remove(axum::http::header::COOKIE);
     e.cookies = (!cookies.is_empty()).then_some(cookies);
     e.headers = headers;
-    e.query_string_parameters = parts
-        .uri
-        .query()
-        .map(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Decoded, a repeated name's values joined by commas, as Function URLs do.
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default();
+    for (k, v) in pairs {
+        e.query_string_parameters
+            .entry(k)
+            .and_modify(|all: &mut String| {
+                all.push(',');
+                all.push_str(&v);
+            })
+            .or_insert(v);
+    }
     e.request_context = ctx;
     if !body.is_empty() {
         match std::str::from_utf8(body) {
