@@ -77,6 +77,13 @@ locals {
           [for q in var.queues : aws_sqs_queue.dlq[q].arn],
         )
       },
+      {
+        # GET /v1/status: each queue's ApproximateAgeOfOldestMessage, which SQS
+        # publishes only to CloudWatch. GetMetricData takes no resource ARN.
+        Sid      = "QueueAge"
+        Action   = ["cloudwatch:GetMetricData"]
+        Resource = ["*"]
+      },
     ]
   })
 }

@@ -13,6 +13,7 @@
 //!
 //! `docs/protocol.md` documents every message with an example.
 
+pub mod incident;
 pub mod operator;
 
 use serde::{Deserialize, Serialize};

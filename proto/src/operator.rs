@@ -258,4 +258,10 @@ pub struct QueueStatus {
     pub delayed: u64,
     /// Messages in the dead-letter queue (each a message that failed every try).
     pub dlq_visible: u64,
+    /// Age in seconds of the queue's oldest message: CloudWatch's latest
+    /// `ApproximateAgeOfOldestMessage` within the last 10 minutes. `null` when
+    /// CloudWatch holds no datapoint (a queue idle for hours, an emulator that
+    /// publishes no SQS metrics) or did not answer: unknown, never zero.
+    #[serde(default)]
+    pub oldest_age_s: Option<u64>,
 }

@@ -74,14 +74,17 @@ try {
 
   step = "status page";
   await page.click('nav a[data-page="health"]');
-  await page.waitForFunction(() => document.querySelectorAll("#health-deps tr").length === 3);
-  for (const dep of ["dynamodb", "secretsmanager", "sqs"]) {
+  await page.waitForFunction(() => document.querySelectorAll("#health-deps tr").length === 4);
+  for (const dep of ["dynamodb", "secretsmanager", "sqs", "cloudwatch"]) {
     const row = await page.locator(`#health-deps tr[data-dependency="${dep}"]`).textContent();
     if (!row.includes("ok")) throw new Error(`status page: ${dep}: ${row}`);
   }
   if ((await page.locator('#health-queues tr[data-queue="observations"]').count()) !== 1) {
     throw new Error("status page: no observations queue");
   }
+  // The emulator publishes no SQS metrics: the age must read unknown, not 0.
+  const oldest = await page.locator('#health-queues tr[data-queue="observations"] td.oldest').textContent();
+  if (oldest !== "unknown") throw new Error(`status page: oldest message age ${oldest}`);
   await page.screenshot({ path: `${outDir}/05-status.png` });
 
   step = "sign out";

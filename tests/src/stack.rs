@@ -206,6 +206,11 @@ impl Stack {
         )
     }
 
+    /// A CloudWatch client on the shared endpoint (the emulator).
+    pub fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
+        aws_sdk_cloudwatch::Client::new(&self.sdk)
+    }
+
     /// A Secrets Manager client on the endpoint that serves it.
     pub fn secrets(&self) -> aws_sdk_secretsmanager::Client {
         aws_sdk_secretsmanager::Client::new(&self.secrets_sdk)

@@ -1287,12 +1287,67 @@ async fn status_reports_dependencies_and_queue_depths_to_admins_only() {
         .collect();
     assert_eq!(
         deps,
-        vec![("dynamodb", true), ("secretsmanager", true), ("sqs", true)]
+        vec![
+            ("dynamodb", true),
+            ("secretsmanager", true),
+            ("sqs", true),
+            ("cloudwatch", true)
+        ]
     );
     let names: Vec<&str> = report.queues.iter().map(|q| q.name.as_str()).collect();
     for q in std::iter::once("observations").chain(tether_e2e::stack::STAGE_QUEUES) {
         assert!(names.contains(&q), "{q} missing from {names:?}");
     }
+    // No CloudWatch datapoint (the emulator publishes no SQS metrics): the age is
+    // unknown, not zero.
+    assert!(
+        report.queues.iter().all(|q| q.oldest_age_s.is_none()),
+        "{:?}",
+        r.json
+    );
+
+    // The datapoint SQS would publish for the analyzer queue: AWS/SQS
+    // ApproximateAgeOfOldestMessage by QueueName. Put here because only AWS
+    // publishes it; the route must find it under the queue's SQS name.
+    let (analyzer_url, _) = w.stack.stage_queues["analyzer"].clone();
+    let sqs_name = analyzer_url
+        .rsplit('/')
+        .next()
+        .expect("queue name")
+        .to_owned();
+    w.stack
+        .cloudwatch()
+        .put_metric_data()
+        .namespace("AWS/SQS")
+        .metric_data(
+            aws_sdk_cloudwatch::types::MetricDatum::builder()
+                .metric_name("ApproximateAgeOfOldestMessage")
+                .dimensions(
+                    aws_sdk_cloudwatch::types::Dimension::builder()
+                        .name("QueueName")
+                        .value(sqs_name)
+                        .build(),
+                )
+                .value(417.0)
+                .unit(aws_sdk_cloudwatch::types::StandardUnit::Seconds)
+                .timestamp(aws_smithy_types::DateTime::from_millis(
+                    tether_e2e::now_ms() as i64 - 30_000,
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("put metric");
+    let r = w.http.get("/v1/status", Some(&w.key));
+    let report: tether_proto::operator::StatusReport =
+        serde_json::from_value(r.json.clone()).expect("status report");
+    let ages: Vec<(&str, Option<u64>)> = report
+        .queues
+        .iter()
+        .map(|q| (q.name.as_str(), q.oldest_age_s))
+        .filter(|(_, a)| a.is_some())
+        .collect();
+    assert_eq!(ages, vec![("analyzer", Some(417))], "{:?}", r.json);
 
     // A dead-lettered message: the executor's DLQ holds it.
     let sqs = w.stack.sqs();

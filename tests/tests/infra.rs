@@ -604,6 +604,8 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             ]),
             set(&status_resources),
         ),
+        // Each queue's oldest-message age: GetMetricData takes no resource ARN.
+        (set(&["cloudwatch:GetMetricData"]), set(&["*"])),
         (
             set(&[
                 "dynamodb:BatchGetItem",
@@ -650,9 +652,11 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             for a in &actions {
                 assert!(!a.contains('*'), "wildcard action {a}");
             }
+            // The one action AWS grants on no resource ARN is the only "*".
+            let unscoped = actions.len() == 1 && actions.contains("cloudwatch:GetMetricData");
             for r in &resources {
                 assert!(
-                    r != "*" && r.contains(&prefix),
+                    (r == "*" && unscoped) || (r != "*" && r.contains(&prefix)),
                     "resource {r} is not this stack's"
                 );
             }
@@ -702,24 +706,7 @@ async fn terraform_applies_to_the_emulator_as_declared_and_destroys() {
             serde_json::from_str(p["values"]["policy"].as_str().expect("policy")).expect("json");
         statements(&doc);
     }
-    let mut got = BTreeSet::new();
-    for st in policy["Statement"].as_array().expect("statements") {
-        assert_eq!(st["Effect"], "Allow", "{st}");
-        for key in ["NotAction", "NotResource", "Principal", "Condition"] {
-            assert!(st.get(key).is_none(), "unexpected {key} in {st}");
-        }
-        let (actions, resources) = (strings(&st["Action"]), strings(&st["Resource"]));
-        for a in &actions {
-            assert!(!a.contains('*'), "wildcard action {a}");
-        }
-        for r in &resources {
-            assert!(
-                r != "*" && r.contains(&prefix),
-                "resource {r} is not this stack's"
-            );
-        }
-        got.insert((actions, resources));
-    }
+    let got = statements(&policy);
     assert_eq!(got, want);
 
     // ---- destroy ----------------------------------------------------------------
@@ -1086,4 +1073,44 @@ fn checkov_is_clean_apart_from_the_listed_skips() {
         "the skip list must be exactly what checkov objects to"
     );
     let _ = std::fs::remove_dir_all(&bare_dir);
+}
+
+/// What each role's code may send (`Stage::sends_to`, which the role unit tests
+/// hold every send to) is exactly the `sends` of its IAM grant in `infra/iam.tf`.
+#[test]
+fn each_roles_iam_grant_sends_where_its_code_sends() {
+    use tether_core::incident::artifact::Stage;
+    let tf = std::fs::read_to_string(repo().join("infra/iam.tf")).expect("iam.tf");
+    for stage in Stage::ALL {
+        let function = stage.function();
+        let line = tf
+            .lines()
+            .map(str::trim)
+            .find(|l| {
+                l.starts_with(&format!("{function} ")) || l.starts_with(&format!("\"{function}\" "))
+            })
+            .unwrap_or_else(|| panic!("no role_access entry for {function} in infra/iam.tf"));
+        let sends = line
+            .split("sends = [")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .unwrap_or_else(|| panic!("{function}: no sends list in {line}"));
+        let granted: BTreeSet<String> = sends
+            .split(',')
+            .map(|q| q.trim().trim_matches('"').to_owned())
+            .filter(|q| !q.is_empty())
+            .collect();
+        let code: BTreeSet<String> = stage
+            .sends_to()
+            .iter()
+            .map(|s| s.queue().to_owned())
+            .collect();
+        assert_eq!(granted, code, "{function}: IAM sends vs Stage::sends_to");
+        let consumes = format!("consumes = \"{}\"", stage.queue());
+        assert!(
+            line.contains(&consumes),
+            "{function} consumes {}: {line}",
+            stage.queue()
+        );
+    }
 }

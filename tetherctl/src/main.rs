@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tether_proto::incident::{
+    Artifact, AuditList, Body, DecisionRequest, RunList, RunManifest, RunStatus,
+};
 use tether_proto::operator::{
     ActionList, AgentList, AgentSummary, ApiKeyInfo, ApiKeyList, ApplyRequest, ApplyResponse,
     CreateApiKey, CreateEnrollmentToken, DesiredList, DesiredWorkload, EnrollmentTokenInfo,
@@ -339,118 +342,69 @@ fn diff(current: &DesiredList, wanted: &ApplyRequest) -> (Vec<String>, usize) {
     (lines, same)
 }
 
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
     }
+}
+
+fn joined<T>(items: &[T], f: impl Fn(&T) -> String, sep: &str) -> String {
+    items.iter().map(f).collect::<Vec<_>>().join(sep)
 }
 
 /// One line saying what an artifact concluded, for the timeline.
-fn summary(a: &serde_json::Value) -> String {
-    let b = &a["body"];
-    match b["kind"].as_str().unwrap_or_default() {
-        "observation_summary" => b["signals"]
-            .as_array()
-            .map(|s| {
-                s.iter()
-                    .map(|s| {
-                        format!(
-                            "{} {} = {} (threshold {})",
-                            s["family"].as_str().unwrap_or("?"),
-                            text(&s["metric"]),
-                            s["value"],
-                            s["threshold"]
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default(),
-        "anomaly_finding" => format!(
-            "{} anomaly(ies)",
-            b["anomalies"].as_array().map_or(0, Vec::len)
+fn summary(a: &Artifact) -> String {
+    match &a.body {
+        Body::ObservationSummary { signals, .. } => joined(
+            signals,
+            |s| {
+                format!(
+                    "{} {} = {} (threshold {})",
+                    s.family, s.metric, s.value, s.threshold
+                )
+            },
+            "; ",
         ),
-        "root_cause_hypothesis" => {
-            let h = &b["hypotheses"][0];
-            format!(
-                "{} (score {}): {}",
-                text(&h["title"]),
-                h["score"],
-                text(&h["explanation"])
-            )
+        Body::AnomalyFinding { anomalies, .. } => format!("{} anomaly(ies)", anomalies.len()),
+        Body::RootCauseHypothesis { hypotheses, .. } => hypotheses
+            .first()
+            .map(|h| format!("{} (score {}): {}", h.title, h.score, h.explanation))
+            .unwrap_or_else(|| "no hypothesis".into()),
+        Body::RemediationProposal { proposals, .. } => joined(
+            proposals,
+            |p| format!("{}. {} [{}]", p.step, p.action, p.safety.as_str()),
+            ", ",
+        ),
+        Body::ExecutionPlan { decisions, .. } => joined(
+            decisions,
+            |d| format!("{} -> {} ({})", d.action, d.verdict, d.mode),
+            ", ",
+        ),
+        Body::ExecutionResult { steps, .. } => {
+            joined(steps, |s| format!("{} {}", s.action, s.state), ", ")
         }
-        "remediation_proposal" => b["proposals"]
-            .as_array()
-            .map(|p| {
-                p.iter()
-                    .map(|p| {
-                        format!(
-                            "{}. {} [{}]",
-                            p["step"],
-                            text(&p["action"]),
-                            text(&p["safety"])
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default(),
-        "execution_plan" => b["decisions"]
-            .as_array()
-            .map(|d| {
-                d.iter()
-                    .map(|d| {
-                        format!(
-                            "{} -> {} ({})",
-                            text(&d["action"]),
-                            text(&d["verdict"]),
-                            text(&d["mode"])
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default(),
-        "execution_result" => b["steps"]
-            .as_array()
-            .map(|s| {
-                s.iter()
-                    .map(|s| format!("{} {}", text(&s["action"]), text(&s["state"])))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default(),
-        "verification_result" => format!("{}: {}", text(&b["verdict"]), text(&b["why"])),
-        "incident_report" => format!(
-            "outcome {} (fingerprint {})",
-            text(&b["outcome"]),
-            text(&b["fingerprint"])
-        ),
-        other => other.to_owned(),
+        Body::VerificationResult { verdict, why, .. } => format!("{}: {why}", verdict.as_str()),
+        Body::IncidentReport {
+            outcome,
+            fingerprint,
+            ..
+        } => format!("outcome {outcome} (fingerprint {fingerprint})"),
     }
 }
 
-fn when(ms: &serde_json::Value) -> String {
-    ms.as_u64().map(ago).unwrap_or_else(|| "-".into())
-}
-
-fn run_rows(runs: &[serde_json::Value]) -> Vec<Vec<String>> {
+fn run_rows(runs: &[RunManifest]) -> Vec<Vec<String>> {
     runs.iter()
         .map(|r| {
             vec![
-                text(&r["run_id"]),
-                text(&r["agent_id"]),
-                text(&r["title"]),
-                text(&r["status"]),
-                if r["outcome"].as_str().unwrap_or_default().is_empty() {
-                    "-".into()
-                } else {
-                    text(&r["outcome"])
-                },
-                r["chain"].as_array().map_or(0, Vec::len).to_string(),
-                when(&r["created_at_ms"]),
+                r.run_id.clone(),
+                r.agent_id.clone(),
+                r.title.clone(),
+                r.status.as_str().into(),
+                dash(&r.outcome),
+                r.chain.len().to_string(),
+                ago(r.created_at_ms),
             ]
         })
         .collect()
@@ -536,22 +490,17 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let c = client(cli)?;
             match action.as_ref().unwrap_or(&RunCmd::List) {
                 RunCmd::List => {
-                    let list: serde_json::Value = c.get("/v1/runs")?;
+                    let list: RunList = c.get("/v1/runs")?;
                     match out {
                         Output::Json => json(&list)?,
-                        Output::Table => table(
-                            RUN_HEADERS,
-                            run_rows(list["runs"].as_array().map_or(&[][..], Vec::as_slice)),
-                        ),
+                        Output::Table => table(RUN_HEADERS, run_rows(&list.runs)),
                     }
                 }
                 RunCmd::Show { id } => {
-                    let r: serde_json::Value = c.get(&format!("/v1/runs/{id}"))?;
-                    let mut artifacts = Vec::new();
-                    for l in r["chain"].as_array().map_or(&[][..], Vec::as_slice) {
-                        let a: serde_json::Value =
-                            c.get(&format!("/v1/artifacts/{}", text(&l["id"])))?;
-                        artifacts.push(a);
+                    let r: RunManifest = c.get(&format!("/v1/runs/{id}"))?;
+                    let mut artifacts: Vec<Artifact> = Vec::new();
+                    for l in &r.chain {
+                        artifacts.push(c.get(&format!("/v1/artifacts/{}", l.id))?);
                     }
                     match out {
                         Output::Json => {
@@ -562,38 +511,27 @@ fn run(cli: &Cli) -> Result<(), Error> {
                             println!();
                             table(
                                 &["WHEN", "STAGE", "ARTIFACT", "STATUS", "SUMMARY"],
-                                r["chain"]
-                                    .as_array()
-                                    .map_or(&[][..], Vec::as_slice)
+                                r.chain
                                     .iter()
                                     .zip(&artifacts)
                                     .map(|(l, a)| {
                                         vec![
-                                            when(&l["at_ms"]),
-                                            text(&l["stage"]),
-                                            text(&l["kind"]),
-                                            text(&l["status"]),
+                                            ago(l.at_ms),
+                                            l.stage.as_str().into(),
+                                            l.kind.as_str().into(),
+                                            l.status.clone(),
                                             summary(a),
                                         ]
                                     })
                                     .collect(),
                             );
-                            if let Some(a) = r["approval"].as_object() {
-                                println!(
-                                    "\n{} by {} {}",
-                                    text(&a["decision"]),
-                                    text(&a["by"]),
-                                    when(&a["at_ms"])
-                                );
-                            } else if r["status"] == "awaiting_approval" {
+                            if let Some(a) = &r.approval {
+                                println!("\n{} by {} {}", a.decision, a.by, ago(a.at_ms));
+                            } else if r.status == RunStatus::AwaitingApproval {
                                 println!("\nawaiting approval: tetherctl runs approve {id}   (or reject)");
                             }
-                            if let Some(f) = r["failure"].as_object() {
-                                println!(
-                                    "\nfailed in the {}: {}",
-                                    text(&f["stage"]),
-                                    text(&f["reason"])
-                                );
+                            if let Some(f) = &r.failure {
+                                println!("\nfailed in the {}: {}", f.stage.as_str(), f.reason);
                             }
                         }
                     }
@@ -604,19 +542,21 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     } else {
                         "reject"
                     };
-                    let r: serde_json::Value = c
+                    let r: RunManifest = c
                         .post(
                             &format!("/v1/runs/{id}/{verb}"),
-                            &serde_json::json!({"comment": comment}),
+                            &DecisionRequest {
+                                comment: comment.clone(),
+                            },
                         )?
-                        .unwrap_or_default();
+                        .ok_or_else(|| Error::Protocol(format!("no run in the answer for {id}")))?;
                     match out {
                         Output::Json => json(&r)?,
                         Output::Table => println!(
                             "run {id}: plan {}d by {}; status {}",
                             verb,
-                            text(&r["approval"]["by"]),
-                            text(&r["status"])
+                            r.approval.as_ref().map_or("-", |a| a.by.as_str()),
+                            r.status.as_str()
                         ),
                     }
                 }
@@ -645,7 +585,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                     );
                     println!();
                     table(
-                        &["QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ"],
+                        &["QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ", "OLDEST"],
                         report
                             .queues
                             .iter()
@@ -656,6 +596,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
                                     q.in_flight.to_string(),
                                     q.delayed.to_string(),
                                     q.dlq_visible.to_string(),
+                                    q.oldest_age_s
+                                        .map_or_else(|| "unknown".into(), |s| format!("{s}s")),
                                 ]
                             })
                             .collect(),
@@ -664,22 +606,20 @@ fn run(cli: &Cli) -> Result<(), Error> {
             }
         }
         Command::Audit => {
-            let list: serde_json::Value = client(cli)?.get("/v1/audit")?;
+            let list: AuditList = client(cli)?.get("/v1/audit")?;
             match out {
                 Output::Json => json(&list)?,
                 Output::Table => table(
                     &["WHEN", "ACTOR", "ACTION", "RUN", "DETAIL"],
-                    list["entries"]
-                        .as_array()
-                        .map_or(&[][..], Vec::as_slice)
+                    list.entries
                         .iter()
                         .map(|e| {
                             vec![
-                                when(&e["at_ms"]),
-                                text(&e["actor"]),
-                                text(&e["action"]),
-                                text(&e["run_id"]),
-                                text(&e["detail"]),
+                                ago(e.at_ms),
+                                e.actor.clone(),
+                                e.action.clone(),
+                                dash(&e.run_id),
+                                dash(&e.detail),
                             ]
                         })
                         .collect(),

@@ -285,7 +285,8 @@ async function loadHealth() {
     el("td", { class: "mono" }, d.error || ""))));
   $("health-queues").replaceChildren(...r.queues.map((q) => el("tr", { "data-queue": q.name },
     el("td", {}, q.name), el("td", {}, String(q.visible)), el("td", {}, String(q.in_flight)),
-    el("td", {}, String(q.delayed)), el("td", {}, q.dlq_visible ? badge(q.dlq_visible + " in DLQ") : "0"))));
+    el("td", {}, String(q.delayed)), el("td", {}, q.dlq_visible ? badge(q.dlq_visible + " in DLQ") : "0"),
+    el("td", { class: "oldest" }, q.oldest_age_s == null ? "unknown" : q.oldest_age_s + " s"))));
 }
 
 function signOut(message) {

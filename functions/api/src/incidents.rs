@@ -13,11 +13,10 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tether_core::incident::policy::TenantPolicy;
-use tether_core::incident::run::RunManifest;
 use tether_core::tenant::Principal;
+use tether_proto::incident::{AuditList, DecisionRequest, EvidenceList, RunList};
 
 /// What the incident routes need: the control plane (to authenticate) and the chain.
 #[derive(Debug, Clone)]
@@ -52,11 +51,6 @@ pub fn routes(state: Incidents) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Serialize)]
-struct RunList {
-    runs: Vec<RunManifest>,
-}
-
 async fn list_runs(State(s): State<Incidents>, Op(p): Op) -> Res<impl IntoResponse> {
     Ok(Json(RunList {
         runs: s.chain.list_runs(&p.tenant).await?,
@@ -71,12 +65,6 @@ async fn get_run(
     Ok(Json(s.chain.get_run(&p.tenant, &id).await?))
 }
 
-#[derive(Debug, Serialize)]
-struct EvidenceList {
-    run_id: String,
-    points: Vec<tether_core::incident::run::EvidencePoint>,
-}
-
 async fn evidence(
     State(s): State<Incidents>,
     Op(p): Op,
@@ -86,18 +74,11 @@ async fn evidence(
     Ok(Json(EvidenceList { run_id: id, points }))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecisionBody {
-    #[serde(default)]
-    comment: String,
-}
-
 async fn approve(
     State(s): State<Incidents>,
     Op(p): Op,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<DecisionBody>,
+    JsonBody(b): JsonBody<DecisionRequest>,
 ) -> Res<impl IntoResponse> {
     Ok(Json(s.chain.decide(&p, &id, true, &b.comment).await?))
 }
@@ -106,7 +87,7 @@ async fn reject(
     State(s): State<Incidents>,
     Op(p): Op,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<DecisionBody>,
+    JsonBody(b): JsonBody<DecisionRequest>,
 ) -> Res<impl IntoResponse> {
     Ok(Json(s.chain.decide(&p, &id, false, &b.comment).await?))
 }
@@ -117,11 +98,6 @@ async fn artifact(
     Path(id): Path<String>,
 ) -> Res<impl IntoResponse> {
     Ok(Json(s.chain.get_artifact(&p.tenant, &id).await?))
-}
-
-#[derive(Debug, Serialize)]
-struct AuditList {
-    entries: Vec<tether_core::incident::run::AuditEntry>,
 }
 
 async fn audit(State(s): State<Incidents>, Op(p): Op) -> Res<impl IntoResponse> {

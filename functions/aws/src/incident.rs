@@ -1,4 +1,4 @@
-//! The incident chain's ports: [`IncidentStore`] on the DynamoDB table,
+//! The incident chain's ports: every DynamoDB port on the table,
 //! [`S3Artifacts`] in the bucket and [`SqsStageQueues`] between the roles.
 //!
 //! Item layout (beyond `pk`/`sk`, keys from `tether_core::key`):
@@ -17,11 +17,15 @@ use crate::dynamo::{
 };
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use std::collections::BTreeMap;
-use tether_core::incident::artifact::{Artifact, Stage};
+use tether_core::incident::artifact::{Addressed, Artifact, Stage};
 use tether_core::incident::policy::TenantPolicy;
+use tether_core::incident::port::{
+    ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
+    EvidenceUploads, ExecutionCount, HostMarkers, Outbox, PolicyAdmin, PolicySource, PriorAttempts,
+    Remember, RunIndex, Runs, StageQueue,
+};
 use tether_core::incident::run::{
-    ArtifactStore, AuditEntry, EvidencePoint, IncidentStore, Markers, PriorRecord, RunManifest,
-    StageMessage, StageQueue,
+    AuditEntry, EvidencePoint, Markers, PriorRecord, RunManifest, StageMessage,
 };
 use tether_core::key;
 use tether_core::model::{DoneItem, OutboxItem};
@@ -136,7 +140,7 @@ fn manifest_from(item: &Item) -> Result<RunManifest, StoreError> {
     Ok(m)
 }
 
-impl IncidentStore for DynamoStore {
+impl Runs for DynamoStore {
     async fn load_run(
         &self,
         t: &TenantId,
@@ -158,7 +162,9 @@ impl IncidentStore for DynamoStore {
         }
         self.put_versioned(manifest_item(t, m)?, m.version).await
     }
+}
 
+impl RunIndex for DynamoStore {
     async fn list_runs(&self, t: &TenantId) -> Result<Vec<RunManifest>, StoreError> {
         let out = self
             .client
@@ -178,7 +184,9 @@ impl IncidentStore for DynamoStore {
             .map(manifest_from)
             .collect()
     }
+}
 
+impl HostMarkers for DynamoStore {
     async fn load_markers(&self, t: &TenantId, a: &AgentId) -> Result<Markers, StoreError> {
         match self.get(&key::incident_markers(t, a)).await? {
             None => Ok(Markers::default()),
@@ -202,7 +210,9 @@ impl IncidentStore for DynamoStore {
         item.insert("ttl".into(), n(now_s + MARKERS_RETENTION_S));
         self.put_versioned(item, m.version).await
     }
+}
 
+impl EvidenceLog for DynamoStore {
     async fn put_evidence(
         &self,
         t: &TenantId,
@@ -215,7 +225,9 @@ impl IncidentStore for DynamoStore {
         // Same window, same values: a redelivery rewrites identical content.
         self.put_item(item, false).await
     }
+}
 
+impl EvidenceReads for DynamoStore {
     async fn evidence(&self, t: &TenantId, run_id: &str) -> Result<Vec<EvidencePoint>, StoreError> {
         self.query_prefix(
             &key::run_partition(t, run_id),
@@ -228,34 +240,38 @@ impl IncidentStore for DynamoStore {
         .map(body)
         .collect()
     }
+}
 
+impl PolicySource for DynamoStore {
     async fn load_policy(&self, t: &TenantId) -> Result<TenantPolicy, StoreError> {
         match self.get(&key::policy(t)).await? {
             None => Ok(TenantPolicy::default()),
             Some(i) => body(&i),
         }
     }
+}
 
+impl PolicyAdmin for DynamoStore {
     async fn put_policy(&self, t: &TenantId, p: &TenantPolicy) -> Result<(), StoreError> {
         let mut item = keyed(&key::policy(t));
         item.insert("body".into(), to_body(p)?);
         self.put_item(item, false).await
     }
+}
 
-    async fn executions_this_hour(
-        &self,
-        t: &TenantId,
-        now_ms: u64,
-        add: u32,
-    ) -> Result<u32, StoreError> {
+impl ExecutionCount for DynamoStore {
+    async fn executions_this_hour(&self, t: &TenantId, now_ms: u64) -> Result<u32, StoreError> {
+        match self.get(&key::rate(t, now_ms / 3_600_000)).await? {
+            None => Ok(0),
+            Some(i) => Ok(get_n(&i, "count")? as u32),
+        }
+    }
+}
+
+impl CountExecution for DynamoStore {
+    async fn count_execution(&self, t: &TenantId, now_ms: u64) -> Result<u32, StoreError> {
         let hour = now_ms / 3_600_000;
         let k = key::rate(t, hour);
-        if add == 0 {
-            return match self.get(&k).await? {
-                None => Ok(0),
-                Some(i) => Ok(get_n(&i, "count")? as u32),
-            };
-        }
         let out = self
             .client
             .update_item()
@@ -264,7 +280,7 @@ impl IncidentStore for DynamoStore {
             .update_expression("ADD #c :a SET #ttl = :ttl")
             .expression_attribute_names("#c", "count")
             .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":a", n(u64::from(add)))
+            .expression_attribute_values(":a", n(1))
             .expression_attribute_values(":ttl", n((hour + 2) * 3600))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
             .send()
@@ -276,10 +292,12 @@ impl IncidentStore for DynamoStore {
             .and_then(|a| a.get("count"))
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(add);
+            .unwrap_or(1);
         Ok(count)
     }
+}
 
+impl PriorAttempts for DynamoStore {
     async fn prior_attempts(
         &self,
         t: &TenantId,
@@ -296,7 +314,9 @@ impl IncidentStore for DynamoStore {
         .map(body)
         .collect()
     }
+}
 
+impl Remember for DynamoStore {
     async fn remember(
         &self,
         t: &TenantId,
@@ -307,14 +327,18 @@ impl IncidentStore for DynamoStore {
         item.insert("body".into(), to_body(r)?);
         self.put_item(item, false).await
     }
+}
 
+impl AuditTrail for DynamoStore {
     async fn audit(&self, t: &TenantId, e: &AuditEntry) -> Result<(), StoreError> {
         let mut item = keyed(&key::audit(t, e.at_ms, &e.run_id, &e.action));
         item.insert("ttl".into(), n(epoch_s(e.at_ms) + AUDIT_RETENTION_S));
         item.insert("body".into(), to_body(e)?);
         self.put_item(item, false).await
     }
+}
 
+impl AuditReads for DynamoStore {
     async fn list_audit(&self, t: &TenantId) -> Result<Vec<AuditEntry>, StoreError> {
         self.query_prefix(&key::audit_partition(t), "", false, Some(500))
             .await?
@@ -322,7 +346,9 @@ impl IncidentStore for DynamoStore {
             .map(body)
             .collect()
     }
+}
 
+impl Outbox for DynamoStore {
     async fn enqueue_action(
         &self,
         t: &TenantId,
@@ -412,7 +438,9 @@ impl ArtifactStore for S3Artifacts {
             .map(Some)
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
+}
 
+impl EvidenceUploads for S3Artifacts {
     async fn evidence_upload(
         &self,
         t: &TenantId,

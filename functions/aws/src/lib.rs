@@ -36,6 +36,8 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
     pub calls: Arc<CallCounter>,
+    /// What the clients were built from (for clients only one function needs).
+    pub sdk: aws_config::SdkConfig,
 }
 
 impl Clients {
@@ -76,6 +78,7 @@ impl Clients {
             s3,
             secrets,
             calls,
+            sdk: sdk.clone(),
         }
     }
 }

@@ -1,20 +1,31 @@
 //! The control plane's own health for `GET /v1/status`: one cheap call per
-//! dependency and the depth of every queue and dead-letter queue.
+//! dependency, the depth of every queue and dead-letter queue, and the age of
+//! each queue's oldest message.
 //!
 //! Invariants:
 //! - Read-only, and touching no tenant's data: `DescribeTable`,
-//!   `DescribeSecret` (never the key material), `GetQueueAttributes`.
+//!   `DescribeSecret` (never the key material), `GetQueueAttributes`, and one
+//!   CloudWatch `GetMetricData` for every queue's `ApproximateAgeOfOldestMessage`
+//!   (SQS publishes the age only there; receiving a message to look at it would
+//!   count as a delivery attempt).
+//! - An age CloudWatch does not hold (no datapoint in the last
+//!   [`AGE_LOOKBACK_S`], or CloudWatch unreachable) is reported as unknown, never
+//!   as zero.
 //! - Bounded: each call has its own timeout, so a stalled dependency is reported
 //!   as failed instead of holding the request.
 //! - A queue's dead-letter queue is found from its `RedrivePolicy`, not from a
 //!   naming convention.
 
 use aws_sdk_sqs::types::QueueAttributeName as Q;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tether_proto::operator::{DependencyStatus, QueueStatus, StatusReport};
 
 /// How long one check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How far back the newest age datapoint may be (SQS publishes one a minute).
+pub const AGE_LOOKBACK_S: u64 = 600;
 
 /// The clients and names the checks need, built once.
 #[derive(Debug, Clone)]
@@ -22,6 +33,7 @@ pub struct Probe {
     dynamodb: aws_sdk_dynamodb::Client,
     secrets: aws_sdk_secretsmanager::Client,
     sqs: aws_sdk_sqs::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
     table: String,
     secret_id: String,
     /// (name, url) of each work queue.
@@ -39,6 +51,7 @@ impl Probe {
             dynamodb: clients.dynamodb.clone(),
             secrets: clients.secrets.clone(),
             sqs: clients.sqs.clone(),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&clients.sdk),
             table: config.table.clone(),
             secret_id: config.signing_secret_id.clone(),
             queues,
@@ -46,9 +59,16 @@ impl Probe {
     }
 
     pub async fn report(&self, now_ms: u64) -> StatusReport {
-        let (ddb, secrets, (sqs, queues)) =
-            tokio::join!(self.check_table(), self.check_secret(), self.check_queues());
-        let dependencies = vec![ddb, secrets, sqs];
+        let (ddb, secrets, (sqs, mut queues), (cloudwatch, ages)) = tokio::join!(
+            self.check_table(),
+            self.check_secret(),
+            self.check_queues(),
+            self.oldest_ages(now_ms)
+        );
+        for q in &mut queues {
+            q.oldest_age_s = ages.get(&q.name).copied();
+        }
+        let dependencies = vec![ddb, secrets, sqs, cloudwatch];
         let healthy =
             dependencies.iter().all(|d| d.ok) && queues.iter().all(|q| q.dlq_visible == 0);
         StatusReport {
@@ -104,6 +124,84 @@ impl Probe {
         (dep, out)
     }
 
+    /// Each queue's latest `ApproximateAgeOfOldestMessage` (seconds), by name,
+    /// in one `GetMetricData` call. Queues without a datapoint are absent.
+    async fn oldest_ages(&self, now_ms: u64) -> (DependencyStatus, HashMap<String, u64>) {
+        use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+        use aws_smithy_types::DateTime;
+        let started = Instant::now();
+        let mut ids = HashMap::new();
+        let mut queries = Vec::new();
+        for (i, (name, url)) in self.queues.iter().enumerate() {
+            // CloudWatch names the queue by its SQS name, the URL's last segment.
+            let Some(sqs_name) = url.rsplit('/').next() else {
+                continue;
+            };
+            let id = format!("q{i}");
+            ids.insert(id.clone(), name.clone());
+            let metric = Metric::builder()
+                .namespace("AWS/SQS")
+                .metric_name("ApproximateAgeOfOldestMessage")
+                .dimensions(
+                    Dimension::builder()
+                        .name("QueueName")
+                        .value(sqs_name)
+                        .build(),
+                )
+                .build();
+            queries.push(
+                MetricDataQuery::builder()
+                    .id(id)
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(metric)
+                            .period(60)
+                            .stat("Maximum")
+                            .build(),
+                    )
+                    .return_data(true)
+                    .build(),
+            );
+        }
+        let end_s = (now_ms / 1000) as i64;
+        let result = bounded(async {
+            self.cloudwatch
+                .get_metric_data()
+                .set_metric_data_queries(Some(queries))
+                .start_time(DateTime::from_secs(end_s - AGE_LOOKBACK_S as i64))
+                .end_time(DateTime::from_secs(end_s + 60))
+                .send()
+                .await
+                .map_err(|e| aws_sdk_cloudwatch::error::DisplayErrorContext(e).to_string())
+        })
+        .await;
+        let mut ages = HashMap::new();
+        if let Ok(out) = &result {
+            for r in out.metric_data_results() {
+                let Some(name) = r.id().and_then(|id| ids.get(id)) else {
+                    continue;
+                };
+                // Newest datapoint first.
+                let newest = r
+                    .timestamps()
+                    .iter()
+                    .zip(r.values())
+                    .max_by_key(|(t, _)| t.secs())
+                    .map(|(_, v)| *v);
+                if let Some(v) = newest.filter(|v| v.is_finite() && *v >= 0.0) {
+                    ages.insert(name.clone(), v as u64);
+                }
+            }
+        }
+        let dep = DependencyStatus {
+            name: "cloudwatch".into(),
+            ok: result.is_ok(),
+            latency_ms: started.elapsed().as_millis() as u64,
+            error: result.err().unwrap_or_default(),
+        };
+        (dep, ages)
+    }
+
     async fn queue(&self, name: &str, url: &str) -> Result<QueueStatus, String> {
         let attrs = self.attributes(url).await?;
         let count = |a: &std::collections::HashMap<Q, String>, k: Q| {
@@ -128,6 +226,7 @@ impl Probe {
             in_flight: count(&attrs, Q::ApproximateNumberOfMessagesNotVisible),
             delayed: count(&attrs, Q::ApproximateNumberOfMessagesDelayed),
             dlq_visible,
+            oldest_age_s: None,
         })
     }
 

@@ -7,6 +7,8 @@
 
 pub mod credential;
 pub mod error;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake;
 pub mod incident;
 pub mod key;
 pub mod model;

@@ -788,3 +788,6 @@ fn action_status(e: &ActionEntry) -> ActionStatus {
         result,
     }
 }
+
+#[cfg(test)]
+mod tests;

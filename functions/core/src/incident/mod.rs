@@ -4,7 +4,10 @@
 
 pub mod artifact;
 pub mod catalog;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake;
 pub mod observe;
 pub mod policy;
+pub mod port;
 pub mod roles;
 pub mod run;

@@ -2,9 +2,11 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
-    pub async fn analyze(&self, msg: &StageMessage) -> Result<(), RoleError> {
-        let (t, run, input) = Self::input(msg, Stage::Analyzer)?;
+impl<S: Runs + PriorAttempts + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock>
+    Chain<S, A, Q, C>
+{
+    pub async fn analyze(&self, msg: &ArtifactInput) -> Result<(), RoleError> {
+        let (t, run, input) = Self::input(msg);
         let m = self.run(t, run).await?;
         if let Some(l) = m.link(ArtifactKind::RootCauseHypothesis) {
             return self.next(Stage::Planner, t, run, &l.id.clone()).await;

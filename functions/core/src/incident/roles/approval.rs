@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+impl<S: Runs + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
     pub async fn decide(
         &self,
         who: &Principal,

@@ -2,17 +2,22 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
-    pub async fn execute(&self, msg: &StageMessage) -> Result<(), RoleError> {
+impl<
+        S: Runs + Outbox + CountExecution + AuditTrail,
+        A: ArtifactStore + EvidenceUploads,
+        Q: StageQueue,
+        C: Clock,
+    > Chain<S, A, Q, C>
+{
+    pub async fn execute(&self, msg: &ExecutorInput) -> Result<(), RoleError> {
         match msg {
-            StageMessage::Approved { tenant, run_id } => self.start(tenant, run_id).await,
-            StageMessage::ActionsChanged { tenant, run_id } => {
+            ExecutorInput::Approved { tenant, run_id } => self.start(tenant, run_id).await,
+            ExecutorInput::ActionsChanged { tenant, run_id } => {
                 self.collect(tenant, run_id, false).await
             }
-            StageMessage::ApprovalDeadline { tenant, run_id } => {
+            ExecutorInput::ApprovalDeadline { tenant, run_id } => {
                 self.deadline(tenant, run_id).await
             }
-            other => Err(perm(format!("the executor cannot handle {other:?}"))),
         }
     }
 
@@ -89,9 +94,7 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
                 last_result: None,
             };
             if self.store.enqueue_action(t, &agent, &item).await? {
-                self.store
-                    .executions_this_hour(t, self.clock.now_ms(), 1)
-                    .await?;
+                self.store.count_execution(t, self.clock.now_ms()).await?;
             }
             actions.push(RunAction {
                 step: d.step,
@@ -297,24 +300,6 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
         })
         .await?;
         self.verify_later(t, run, 0).await
-    }
-
-    pub(super) async fn verify_later(
-        &self,
-        t: &TenantId,
-        run: &str,
-        attempt: u32,
-    ) -> Result<(), RoleError> {
-        self.send(
-            Stage::Verifier,
-            StageMessage::Verify {
-                tenant: t.clone(),
-                run_id: run.into(),
-                attempt,
-            },
-            self.cfg.verify_delay_s,
-        )
-        .await
     }
 
     pub(super) async fn deadline(&self, t: &TenantId, run: &str) -> Result<(), RoleError> {

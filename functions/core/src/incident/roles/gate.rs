@@ -2,7 +2,13 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+impl<
+        S: Runs + PolicySource + ExecutionCount + AuditTrail,
+        A: ArtifactStore,
+        Q: StageQueue,
+        C: Clock,
+    > Chain<S, A, Q, C>
+{
     pub(super) fn gate_for(&self, p: &TenantPolicy) -> Result<Gate, PolicyError> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         gates
@@ -14,8 +20,8 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             .clone()
     }
 
-    pub async fn gate(&self, msg: &StageMessage) -> Result<(), RoleError> {
-        let (t, run, input) = Self::input(msg, Stage::PolicyGate)?;
+    pub async fn gate(&self, msg: &ArtifactInput) -> Result<(), RoleError> {
+        let (t, run, input) = Self::input(msg);
         let m = self.run(t, run).await?;
         let (plan_id, plan) = match m.link(ArtifactKind::ExecutionPlan) {
             Some(l) => {
@@ -33,7 +39,7 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
                 let policy = self.store.load_policy(t).await?;
                 let recent = self
                     .store
-                    .executions_this_hour(t, self.clock.now_ms(), 0)
+                    .executions_this_hour(t, self.clock.now_ms())
                     .await?;
                 let decisions = match self.gate_for(&policy) {
                     Ok(g) => g.decide(proposals, &policy.settings, recent),

@@ -2,9 +2,11 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
-    pub async fn remember(&self, msg: &StageMessage) -> Result<(), RoleError> {
-        let (t, run, input) = Self::input(msg, Stage::Memory)?;
+impl<S: Runs + Remember + HostMarkers + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock>
+    Chain<S, A, Q, C>
+{
+    pub async fn remember(&self, msg: &ArtifactInput) -> Result<(), RoleError> {
+        let (t, run, input) = Self::input(msg);
         let m = self.run(t, run).await?;
         if m.link(ArtifactKind::IncidentReport).is_some() {
             return Ok(());

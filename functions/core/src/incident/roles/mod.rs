@@ -29,17 +29,25 @@ mod planner;
 mod reads;
 mod verifier;
 
+#[cfg(test)]
+mod tests;
+
 use super::artifact::{
-    Artifact, ArtifactKind, Body, ChainEntry, EvidenceRef, PriorAttempt, Stage, StepResult,
-    Verdict, SCHEMA_VERSION,
+    Addressed, Artifact, ArtifactKind, Body, ChainEntry, EvidenceRef, PriorAttempt, Stage,
+    StepResult, Verdict, SCHEMA_VERSION,
 };
 use super::catalog;
 use super::observe::Thresholds;
 use super::policy::{Gate, PolicyError, TenantPolicy};
+use super::port::{
+    ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
+    EvidenceUploads, ExecutionCount, HostMarkers, IncidentStore, Outbox, PolicyAdmin, PolicySource,
+    PriorAttempts, Remember, RunIndex, Runs, StageQueue,
+};
 use super::run::{
-    action_id, fingerprint, idempotency_key, run_id, ApprovalRecord, ArtifactStore, AuditEntry,
-    EvidencePoint, Failure, IncidentStore, MarkerEntry, Markers, PriorRecord, RunAction,
-    RunManifest, RunStatus, StageMessage, StageQueue,
+    action_id, fingerprint, idempotency_key, run_id, ApprovalRecord, ArtifactInput, AuditEntry,
+    EvidencePoint, ExecutorInput, Failure, MarkerEntry, Markers, PriorRecord, RunAction,
+    RunManifest, RunStatus, StageMessage, VerifyInput,
 };
 use crate::model::{LiveState, OutboxItem};
 use crate::port::{Clock, StoreError};
@@ -81,6 +89,19 @@ impl From<StoreError> for RoleError {
 
 fn perm(m: impl Into<String>) -> RoleError {
     RoleError::Permanent(m.into())
+}
+
+/// The role's own message type, or a permanent error naming what came instead.
+fn typed<T: TryFrom<StageMessage, Error = StageMessage>>(
+    stage: Stage,
+    msg: StageMessage,
+) -> Result<T, RoleError> {
+    T::try_from(msg).map_err(|other| {
+        perm(format!(
+            "the {} cannot handle {other:?}",
+            stage.as_str().replace('_', " ")
+        ))
+    })
 }
 
 /// Timing and bounds of the chain.
@@ -194,7 +215,7 @@ fn envelope(
         schema_version: SCHEMA_VERSION,
         producer,
         consumer,
-        tenant: t.clone(),
+        tenant: t.to_string(),
         run_id: m.run_id.clone(),
         incident_id: m.incident_id.clone(),
         correlation_id: format!("cor_{}", m.run_id.trim_start_matches("run_")),
@@ -207,7 +228,7 @@ fn envelope(
     }
 }
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+impl<S, A, Q, C> Chain<S, A, Q, C> {
     pub fn new(store: S, artifacts: A, queue: Q, clock: C, cfg: ChainConfig) -> Self {
         Self {
             store,
@@ -229,7 +250,10 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
     pub fn config(&self) -> &ChainConfig {
         &self.cfg
     }
+}
 
+/// What every role shares: its run, its artifacts, its sends, its failure.
+impl<S: Runs + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
     // ---------- shared helpers ----------
 
     async fn run(&self, t: &TenantId, run_id: &str) -> Result<RunManifest, RoleError> {
@@ -272,7 +296,7 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             .get(t, id)
             .await?
             .ok_or_else(|| perm(format!("artifact {id} not found")))?;
-        if &a.tenant != t {
+        if a.tenant != t.as_str() {
             return Err(perm(format!("artifact {id} belongs to another tenant")));
         }
         Ok(a)
@@ -342,18 +366,26 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
         }
     }
 
-    fn input(msg: &StageMessage, stage: Stage) -> Result<(&TenantId, &str, &str), RoleError> {
-        match msg {
-            StageMessage::Artifact {
-                tenant,
-                run_id,
-                artifact_id,
-            } => Ok((tenant, run_id, artifact_id)),
-            other => Err(perm(format!(
-                "the {} expects an artifact message, got {other:?}",
-                stage.as_str()
-            ))),
-        }
+    fn input(msg: &ArtifactInput) -> (&TenantId, &str, &str) {
+        (&msg.tenant, &msg.run_id, &msg.artifact_id)
+    }
+
+    pub(super) async fn verify_later(
+        &self,
+        t: &TenantId,
+        run: &str,
+        attempt: u32,
+    ) -> Result<(), RoleError> {
+        self.send(
+            Stage::Verifier,
+            StageMessage::Verify {
+                tenant: t.clone(),
+                run_id: run.into(),
+                attempt,
+            },
+            self.cfg.verify_delay_s,
+        )
+        .await
     }
 
     /// Marks the run failed (a poison message's last try). Best effort.
@@ -391,7 +423,12 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             )
             .await;
     }
+}
 
+/// The dispatcher serves any role, so it needs every port.
+impl<S: IncidentStore, A: ArtifactStore + EvidenceUploads, Q: StageQueue, C: Clock>
+    Chain<S, A, Q, C>
+{
     /// Dispatches a role's message (the SQS consumers call this). Each role's
     /// future is boxed: one dispatcher over seven deep futures would otherwise be
     /// one enormous type.
@@ -405,12 +442,12 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
             .map_err(|e| perm(format!("malformed {} message: {e}", stage.as_str())))?;
         match stage {
             Stage::Observer => Ok(()),
-            Stage::Analyzer => Box::pin(self.analyze(&msg)).await,
-            Stage::Planner => Box::pin(self.plan(&msg)).await,
-            Stage::PolicyGate => Box::pin(self.gate(&msg)).await,
-            Stage::Executor => Box::pin(self.execute(&msg)).await,
-            Stage::Verifier => Box::pin(self.verify(&msg)).await,
-            Stage::Memory => Box::pin(self.remember(&msg)).await,
+            Stage::Analyzer => Box::pin(self.analyze(&typed(stage, msg)?)).await,
+            Stage::Planner => Box::pin(self.plan(&typed(stage, msg)?)).await,
+            Stage::PolicyGate => Box::pin(self.gate(&typed(stage, msg)?)).await,
+            Stage::Executor => Box::pin(self.execute(&typed(stage, msg)?)).await,
+            Stage::Verifier => Box::pin(self.verify(&typed(stage, msg)?)).await,
+            Stage::Memory => Box::pin(self.remember(&typed(stage, msg)?)).await,
         }
     }
 

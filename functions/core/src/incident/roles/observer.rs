@@ -2,7 +2,13 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+impl<
+        S: Runs + HostMarkers + EvidenceLog + AuditTrail,
+        A: ArtifactStore,
+        Q: StageQueue,
+        C: Clock,
+    > Chain<S, A, Q, C>
+{
     /// The observer: the host's stored state and markers are read once, every
     /// window of the message is evaluated against them, and the result is written
     /// back in one conditional write before any run opens. A lost race (another

@@ -2,9 +2,9 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
-    pub async fn plan(&self, msg: &StageMessage) -> Result<(), RoleError> {
-        let (t, run, input) = Self::input(msg, Stage::Planner)?;
+impl<S: Runs + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+    pub async fn plan(&self, msg: &ArtifactInput) -> Result<(), RoleError> {
+        let (t, run, input) = Self::input(msg);
         let m = self.run(t, run).await?;
         if let Some(l) = m.link(ArtifactKind::RemediationProposal) {
             return self.next(Stage::PolicyGate, t, run, &l.id.clone()).await;

@@ -2,7 +2,13 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
+impl<
+        S: Runs + RunIndex + EvidenceReads + AuditReads + AuditTrail + PolicySource + PolicyAdmin,
+        A: ArtifactStore,
+        Q: StageQueue,
+        C: Clock,
+    > Chain<S, A, Q, C>
+{
     pub async fn list_runs(&self, t: &TenantId) -> Result<Vec<RunManifest>, ControlError> {
         let mut runs = self.store.list_runs(t).await?;
         runs.sort_by(|a, b| {
@@ -23,7 +29,7 @@ impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q,
     pub async fn get_artifact(&self, t: &TenantId, id: &str) -> Result<Artifact, ControlError> {
         Artifact::digest_of(id).map_err(|e| ControlError::Invalid(e.to_string()))?;
         match self.artifacts.get(t, id).await? {
-            Some(a) if &a.tenant == t => Ok(a),
+            Some(a) if a.tenant == t.as_str() => Ok(a),
             _ => Err(ControlError::NotFound("artifact")),
         }
     }

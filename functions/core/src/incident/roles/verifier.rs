@@ -2,16 +2,15 @@
 
 use super::*;
 
-impl<S: IncidentStore, A: ArtifactStore, Q: StageQueue, C: Clock> Chain<S, A, Q, C> {
-    pub async fn verify(&self, msg: &StageMessage) -> Result<(), RoleError> {
-        let StageMessage::Verify {
+impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQueue, C: Clock>
+    Chain<S, A, Q, C>
+{
+    pub async fn verify(&self, msg: &VerifyInput) -> Result<(), RoleError> {
+        let VerifyInput {
             tenant: t,
             run_id: run,
             attempt,
-        } = msg
-        else {
-            return Err(perm(format!("the verifier cannot handle {msg:?}")));
-        };
+        } = msg;
         let m = self.run(t, run).await?;
         if let Some(l) = m.link(ArtifactKind::VerificationResult) {
             return self.next(Stage::Memory, t, run, &l.id.clone()).await;
