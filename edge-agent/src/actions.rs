@@ -10,7 +10,11 @@
 //!   `started` and `final`; one that does not run reports `received` and `final`.
 //! - A redelivered action gets `received` plus the recorded final result again.
 //! - `mode: dry_run` changes nothing on the host; it says what it would do.
+//! - The kinds that change the host are carried out by [`crate::remedy`] (its
+//!   module doc lists their payloads, dry runs, rollbacks and refusals); this
+//!   module only dispatches them and turns their outcome into the final result.
 
+use crate::remedy::{self, gpu::GpuControl, Outcome};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -130,6 +134,8 @@ pub struct Host {
     /// Put on `PYTHONPATH` by `enable_python_sdk`.
     pub python_sdk_path: String,
     pub otlp_endpoint: String,
+    /// What remediation may touch (log dirs, protected processes, sockets).
+    pub remedy: remedy::Context,
 }
 
 /// Runs `instrument` / `uninstrument`: the agent's instrumentation owns the
@@ -247,13 +253,38 @@ fn finished(a: &Action, status: ResultStatus, message: &str) -> ActionResult {
     result(a, ResultPhase::Final, Some(status), message)
 }
 
-/// A systemd unit name we are willing to pass to systemctl.
-fn unit_name(s: &str) -> Option<&str> {
-    let ok = s.ends_with(".service")
-        && s.len() <= 256
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b));
-    ok.then_some(s)
+use remedy::service::unit_name;
+
+/// The final result of a remediation's outcome; a remediation that acted on
+/// the host gets its start and finish times (and so a `started` phase).
+fn from_outcome(a: &Action, started: u64, o: Outcome) -> ActionResult {
+    let mut r = finished(a, o.status, &o.message);
+    r.stdout_tail = tail(o.stdout.as_bytes());
+    r.stderr_tail = tail(o.stderr.as_bytes());
+    r.exit_code = o.exit_code;
+    if o.ran {
+        r.started_at_ms = Some(started);
+        r.finished_at_ms = Some(now_ms());
+    }
+    r
+}
+
+/// Runs a GPU remediation on NVML, or refuses it with NVML's error.
+fn with_nvml(
+    a: &Action,
+    host: &Host,
+    f: fn(&Action, &remedy::Context, &mut dyn GpuControl) -> Outcome,
+) -> Outcome {
+    match remedy::gpu::NvmlGpus::open() {
+        Ok(mut g) => f(a, &host.remedy, &mut g),
+        Err(e) => Outcome::refused(e.to_string()),
+    }
+}
+
+/// `top_gpu_memory` candidates from NVML.
+fn nvml_processes() -> Result<Vec<(u32, u64)>, String> {
+    let g = remedy::gpu::NvmlGpus::open().map_err(|e| e.to_string())?;
+    remedy::gpu::all_processes(&g)
 }
 
 /// The unit of an action: `payload.unit`, else the `systemd:<unit>` target.
@@ -346,46 +377,43 @@ fn execute(a: &Action, host: &Host, inst: &dyn Instrument) -> ActionResult {
     let dry = a.mode == ActionMode::DryRun;
     let p = &a.payload;
     match a.kind.as_str() {
-        "signal_process" => {
-            let sig = p["signal"].as_str().unwrap_or("TERM");
-            let Some(pid) = p["pid"]
-                .as_u64()
-                .filter(|pid| *pid > 1 && *pid <= u64::from(u32::MAX))
-            else {
-                return finished(a, ResultStatus::Failed, "payload needs a pid above 1");
-            };
-            let sig = sig.trim_start_matches("SIG");
-            if sig.is_empty() || !sig.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return finished(a, ResultStatus::Failed, "bad signal name");
-            }
-            if dry {
-                return finished(
-                    a,
-                    ResultStatus::DryRun,
-                    &format!("would send SIG{sig} to {pid}"),
-                );
-            }
-            let mut c = Command::new("kill");
-            c.arg(format!("-{sig}")).arg(pid.to_string());
-            run(a, vec![c])
+        ActionKind::SIGNAL_PROCESS => from_outcome(
+            a,
+            now_ms(),
+            remedy::signal::run(a, &host.remedy, &nvml_processes),
+        ),
+        ActionKind::RESTART_SERVICE => from_outcome(
+            a,
+            now_ms(),
+            remedy::service::restart(a, &host.remedy, &nvml_processes),
+        ),
+        ActionKind::STOP_SERVICE => {
+            from_outcome(a, now_ms(), remedy::service::stop(a, &host.remedy))
         }
-        "restart_service" => {
-            let Some(unit) = unit_of(a) else {
-                return finished(
-                    a,
-                    ResultStatus::Failed,
-                    "payload needs a unit ending in .service",
-                );
-            };
-            if dry {
-                return finished(
-                    a,
-                    ResultStatus::DryRun,
-                    &format!("would run systemctl restart {unit}"),
-                );
-            }
-            run(a, vec![systemctl(&["restart", unit])])
+        ActionKind::START_SERVICE => {
+            from_outcome(a, now_ms(), remedy::service::start(a, &host.remedy))
         }
+        ActionKind::ROTATE_LOGS => from_outcome(a, now_ms(), remedy::logs::rotate(a, &host.remedy)),
+        ActionKind::VACUUM_JOURNAL => {
+            from_outcome(a, now_ms(), remedy::logs::vacuum(a, &host.remedy))
+        }
+        ActionKind::LIMIT_WORKLOAD => {
+            from_outcome(a, now_ms(), remedy::cgroup::limit(a, &host.remedy))
+        }
+        ActionKind::RESTORE_WORKLOAD_LIMIT => {
+            from_outcome(a, now_ms(), remedy::cgroup::restore(a, &host.remedy))
+        }
+        ActionKind::SET_GPU_POWER_LIMIT => from_outcome(
+            a,
+            now_ms(),
+            with_nvml(a, host, remedy::gpu::set_power_limit),
+        ),
+        ActionKind::RESTORE_GPU_POWER_LIMIT => from_outcome(
+            a,
+            now_ms(),
+            with_nvml(a, host, remedy::gpu::restore_power_limit),
+        ),
+        ActionKind::RESET_GPU => from_outcome(a, now_ms(), with_nvml(a, host, remedy::gpu::reset)),
         "collect_evidence" => {
             let what = p["what"].as_str().unwrap_or("");
             if dry {
@@ -485,12 +513,49 @@ mod tests {
         }
     }
 
+    /// A host whose systemd is present (its marker is a directory that exists),
+    /// so the systemd kinds get as far as systemctl.
     fn host(allowed: &[&str]) -> Host {
+        let data = scratch("data");
         Host {
             allowed: allowed.iter().map(|s| s.to_string()).collect(),
             systemd_dir: scratch("systemd"),
             python_sdk_path: "/opt/tether/python-sdk".into(),
             otlp_endpoint: "http://127.0.0.1:4318".into(),
+            remedy: remedy::Context {
+                systemd_marker: std::env::temp_dir(),
+                ..remedy::Context::new(
+                    &data,
+                    &[],
+                    &crate::config::DEFAULT_PROTECTED
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                    &data.join("no-docker.sock"),
+                )
+            },
+        }
+    }
+
+    /// A `sleep` that is not the agent's child (the rails refuse children).
+    fn orphan_sleep() -> (u32, u64) {
+        let out = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 </dev/null & echo $!"])
+            .output()
+            .expect("spawn");
+        let pid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(p) =
+                remedy::process::read(Path::new("/proc"), pid).filter(|p| p.exe.ends_with("/sleep"))
+            {
+                return (pid, p.start_ticks);
+            }
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 
@@ -501,11 +566,11 @@ mod tests {
     #[test]
     fn a_redelivered_action_runs_once_even_after_a_restart() {
         let (path, mut l) = ledger();
-        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let (pid, start) = orphan_sleep();
         let a = action(
             "signal_process",
             "k1",
-            serde_json::json!({"pid": child.id(), "signal": "TERM"}),
+            serde_json::json!({"pid": pid, "signal": "TERM"}),
         );
         let h = host(&["signal_process"]);
         let first = handle(&a, &h, &mut l, &mut NoProbes).expect("handle");
@@ -519,11 +584,23 @@ mod tests {
         );
         let fin = &first[2];
         assert_eq!(fin.status, Some(ResultStatus::Succeeded), "{fin:?}");
-        assert_eq!(fin.exit_code, Some(0));
+        assert!(
+            fin.message
+                .starts_with(&format!("sent SIGTERM to pid {pid} (sleep, "))
+                && fin.message.ends_with(
+                    "(pid {pid} named by the payload); it exited"
+                        .replace("{pid}", &pid.to_string())
+                        .as_str()
+                ),
+            "{}",
+            fin.message
+        );
         assert!(fin.started_at_ms <= fin.finished_at_ms);
-        let status = child.wait().expect("wait");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(15), "the child got SIGTERM");
+        assert!(
+            remedy::process::read(Path::new("/proc"), pid)
+                .is_none_or(|p| p.start_ticks != start || p.state == 'Z'),
+            "the sleep got SIGTERM and exited"
+        );
         // A second child: if the redelivery ran the action again it would signal
         // this pid's predecessor, so watch the ledger file instead: no new key.
         let before = std::fs::read_to_string(&path).expect("ledger text");
@@ -688,5 +765,113 @@ mod tests {
         host_target.idempotency_key = "p4".into();
         let r = handle(&host_target, &h, &mut l, &mut NoProbes).expect("handle");
         assert_eq!(r[1].status, Some(ResultStatus::Refused));
+    }
+
+    #[test]
+    fn remediation_kinds_are_dispatched_with_their_phases() {
+        let (_, mut l) = ledger();
+        let kinds = [
+            "stop_service",
+            "rotate_logs",
+            "set_gpu_power_limit",
+            "reset_gpu",
+            "rate_limit_workload",
+        ];
+        let h = host(&kinds);
+        // A real stop: received, started, final, and the message says what ran.
+        let (pid, _) = orphan_sleep();
+        let mut stop = action("stop_service", "r1", serde_json::json!({"timeout_s": 5}));
+        stop.target = format!("proc:sleep-{}", rand::random::<u32>());
+        let none = handle(&stop, &h, &mut l, &mut NoProbes).expect("handle");
+        assert_eq!(none[1].status, Some(ResultStatus::Failed));
+        assert!(
+            none[1].message.starts_with("no process of proc:sleep-"),
+            "{}",
+            none[1].message
+        );
+        let mut one = action("stop_service", "r2", serde_json::json!({"timeout_s": 5}));
+        one.target = format!(
+            "host:{}",
+            remedy::process::read(Path::new("/proc"), pid)
+                .expect("sleep")
+                .exe
+        );
+        // Every sleep on the host shares that key: stop only in dry-run mode.
+        one.mode = ActionMode::DryRun;
+        let d = handle(&one, &h, &mut l, &mut NoProbes).expect("handle");
+        assert_eq!(phases(&d), vec![ResultPhase::Received, ResultPhase::Final]);
+        assert_eq!(d[1].status, Some(ResultStatus::DryRun), "{:?}", d[1]);
+        assert!(
+            d[1].message.contains(&format!("pid {pid} (sleep")),
+            "{}",
+            d[1].message
+        );
+        let signal = action("signal_process", "r3", serde_json::json!({"pid": pid}));
+        let s = handle(&signal, &host(&["signal_process"]), &mut l, &mut NoProbes).expect("handle");
+        assert_eq!(
+            phases(&s),
+            vec![
+                ResultPhase::Received,
+                ResultPhase::Started,
+                ResultPhase::Final
+            ]
+        );
+        assert!(
+            s[2].stdout_tail.contains("\"rollback\":null"),
+            "{}",
+            s[2].stdout_tail
+        );
+
+        let logs = handle(
+            &action(
+                "rotate_logs",
+                "r4",
+                serde_json::json!({"path": "/var/log/syslog"}),
+            ),
+            &h,
+            &mut l,
+            &mut NoProbes,
+        )
+        .expect("handle");
+        assert_eq!(
+            phases(&logs),
+            vec![ResultPhase::Received, ResultPhase::Final]
+        );
+        assert_eq!(logs[1].status, Some(ResultStatus::Refused));
+        assert!(
+            logs[1].message.starts_with("no log_dirs"),
+            "{}",
+            logs[1].message
+        );
+
+        // The real NVML path: this machine has no GPU, so NVML's error.
+        if !Path::new("/dev/nvidia0").exists() {
+            for (key, kind) in [("r5", "set_gpu_power_limit"), ("r6", "reset_gpu")] {
+                let g = handle(
+                    &action(kind, key, serde_json::json!({"gpu": "0", "watts_pct": 80})),
+                    &h,
+                    &mut l,
+                    &mut NoProbes,
+                )
+                .expect("handle");
+                assert_eq!(g[1].status, Some(ResultStatus::Refused), "{:?}", g[1]);
+                assert!(g[1].message.starts_with("no NVML: "), "{}", g[1].message);
+            }
+        }
+        let rl = handle(
+            &action(
+                "rate_limit_workload",
+                "r7",
+                serde_json::json!({"max_rps": 5}),
+            ),
+            &h,
+            &mut l,
+            &mut NoProbes,
+        )
+        .expect("handle");
+        assert_eq!(rl[1].status, Some(ResultStatus::Refused));
+        assert!(rl[1]
+            .message
+            .starts_with("unknown action kind rate_limit_workload"));
     }
 }

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::discovery::{self, Resolver, ScanOptions};
 use crate::instrument::Instrumenter;
+use crate::remedy;
 use crate::spool::{Record, RecordKey, Spool};
 use crate::state::{self, Credential, PollState, Status};
 use crate::telemetry::Sampler;
@@ -136,14 +137,29 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-pub const CAPABILITIES: &[&str] = &["proc", "systemd"];
+/// What the agent can always do: read `/proc`.
+pub const CAPABILITIES: &[&str] = &["proc"];
 
-/// What this agent can do here: [`CAPABILITIES`], plus `ebpf` when its probes
-/// are loaded.
-fn capabilities(ebpf: bool) -> Vec<String> {
+/// How long a probe of what the host offers is trusted before it is redone
+/// (systemd, journald, a Docker socket, NVML, cgroup controllers come and go
+/// rarely; NVML's probe loads a library, so not every poll).
+const OFFERS_TTL: Duration = Duration::from_secs(300);
+
+/// What this agent can do here, as the server's `requires_capability` names it:
+/// `proc` always, and each facility the host offers.
+fn capabilities(o: &remedy::Offers) -> Vec<String> {
     let mut c: Vec<String> = CAPABILITIES.iter().map(|c| c.to_string()).collect();
-    if ebpf {
-        c.push("ebpf".into());
+    for (on, name) in [
+        (o.systemd, "systemd"),
+        (o.journald, "journald"),
+        (o.docker, "docker"),
+        (o.nvml, "nvml"),
+        (o.cgroup_limits, "cgroup"),
+        (o.ebpf, "ebpf"),
+    ] {
+        if on {
+            c.push(name.into());
+        }
     }
     c
 }
@@ -212,6 +228,8 @@ pub struct Agent<T: Transport> {
     docker: crate::docker::Docker,
     /// Every process of each workload the last scan reported.
     members: BTreeMap<String, Vec<u32>>,
+    /// The last probe of what the host offers: when, with eBPF loaded or not.
+    offers: Option<(Instant, bool, remedy::Offers)>,
     pub status: Status,
 }
 
@@ -364,6 +382,12 @@ impl<T: Transport> Agent<T> {
                 systemd_dir,
                 python_sdk_path: cfg.python_sdk_path.clone(),
                 otlp_endpoint: cfg.otlp_endpoint.clone(),
+                remedy: crate::remedy::Context::new(
+                    &dir,
+                    &cfg.log_dirs,
+                    &cfg.protected_processes,
+                    Path::new(&cfg.docker_socket),
+                ),
             },
             proc_root: proc_root.to_path_buf(),
             window_start_ms,
@@ -373,6 +397,7 @@ impl<T: Transport> Agent<T> {
             inst,
             docker: crate::docker::Docker::new(PathBuf::from(&cfg.docker_socket)),
             members: BTreeMap::new(),
+            offers: None,
             status: Status {
                 agent_id: cred.agent_id.clone(),
                 server_url: cfg.server_url.clone(),
@@ -388,6 +413,20 @@ impl<T: Transport> Agent<T> {
             ledger,
             sampler,
         })
+    }
+
+    /// What the host offers, probed again after [`OFFERS_TTL`] or when the eBPF
+    /// state changed, so the kinds the agent advertises follow the host.
+    fn offers(&mut self) -> remedy::Offers {
+        let ebpf = self.inst.available().is_ok();
+        match &self.offers {
+            Some((at, e, o)) if *e == ebpf && at.elapsed() < OFFERS_TTL => *o,
+            _ => {
+                let o = remedy::Offers::probe(&self.host.remedy, ebpf);
+                self.offers = Some((Instant::now(), ebpf, o));
+                o
+            }
+        }
     }
 
     fn save_state(&mut self) -> Result<(), AgentError> {
@@ -473,11 +512,13 @@ impl<T: Transport> Agent<T> {
                 )
             })
         });
+        let offers = self.offers();
         let req = PollRequest {
             protocol: PROTOCOL_VERSION,
             agent_id: self.cred.agent_id.clone(),
             seq: self.state.seq,
-            capabilities: capabilities(self.inst.available().is_ok()),
+            capabilities: capabilities(&offers),
+            action_kinds: Some(remedy::runnable_kinds(&self.host.allowed, &offers)),
             inventory_hash: inv_hash.clone(),
             inventory: send_inventory.then(|| self.inventory.clone()),
             services_hash: hash.clone(),
@@ -750,6 +791,9 @@ mod tests {
             "TETHER_AGENT_DATA_DIR" => Some(d.clone()),
             "TETHER_AGENT_MAX_BACKOFF_S" => Some("60".into()),
             "TETHER_AGENT_EBPF" => Some("false".into()),
+            "TETHER_AGENT_ALLOWED_ACTIONS" => {
+                Some("collect_evidence,signal_process,instrument,no_such_kind".into())
+            }
             _ => None,
         })
         .expect("config");
@@ -853,6 +897,16 @@ mod tests {
         let seqs: Vec<u64> = sent.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7]);
         assert!(sent[0].services.is_some() && sent[0].inventory.is_some());
+        // The kinds it advertises: allowed, implemented and offered here (eBPF
+        // is off, so not `instrument`; an unknown allowed kind is not claimed).
+        for r in sent.iter() {
+            assert_eq!(
+                r.action_kinds.as_deref(),
+                Some(&["collect_evidence".to_owned(), "signal_process".to_owned()][..])
+            );
+            assert!(r.capabilities.contains(&"proc".to_owned()));
+            assert!(!r.capabilities.contains(&"ebpf".to_owned()));
+        }
         assert!(sent[3].services.is_some(), "not stored until a 200 took it");
         assert!(
             sent[4].services.is_none() && sent[4].inventory.is_none(),

@@ -49,7 +49,32 @@ pub struct Config {
     /// The Docker Engine socket: container names and labels for workload keys
     /// (`docker:<name>`) when it exists.
     pub docker_socket: String,
+    /// Directories whose log files `rotate_logs` may truncate (recursively, never
+    /// through a symlink out of them). Empty: `rotate_logs` is refused.
+    pub log_dirs: Vec<PathBuf>,
+    /// Processes no signal, stop or selector ever touches: matched against the
+    /// process name (`comm`), the executable's file name, or its full path.
+    pub protected_processes: Vec<String>,
 }
+
+/// The default `protected_processes`: init, the agent, remote access and the
+/// daemons a host cannot lose.
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "init",
+    "systemd",
+    "systemd-journald",
+    "systemd-journal",
+    "systemd-logind",
+    "systemd-udevd",
+    "systemd-resolved",
+    "systemd-networkd",
+    "dbus-daemon",
+    "sshd",
+    "tether-agent",
+    "dockerd",
+    "containerd",
+    "kubelet",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -91,6 +116,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("otlp_endpoint", Kind::Text),
     ("ebpf", Kind::Bool),
     ("docker_socket", Kind::Text),
+    ("log_dirs", Kind::List),
+    ("protected_processes", Kind::List),
 ];
 
 fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
@@ -186,6 +213,10 @@ impl Config {
             otlp_endpoint: take(&mut doc, "otlp_endpoint", || "http://127.0.0.1:4318".into())?,
             ebpf: take(&mut doc, "ebpf", || true)?,
             docker_socket: take(&mut doc, "docker_socket", || "/var/run/docker.sock".into())?,
+            log_dirs: take(&mut doc, "log_dirs", Vec::new)?,
+            protected_processes: take(&mut doc, "protected_processes", || {
+                DEFAULT_PROTECTED.iter().map(|s| (*s).to_owned()).collect()
+            })?,
         };
         if let Some(unknown) = doc.keys().next() {
             return Err(invalid(unknown, "unknown key"));
@@ -207,6 +238,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
             }
+        }
+        if let Some(d) = cfg.log_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "log_dirs",
+                format!("{} is not an absolute path", d.display()),
+            ));
         }
         if cfg.spool_max_bytes < 64 * 1024 {
             return Err(invalid("spool_max_bytes", "must be at least 65536"));
@@ -250,6 +287,9 @@ mod tests {
         assert_eq!(cfg.spool_max_bytes, 64 * 1024 * 1024);
         assert_eq!(cfg.telemetry_window_s, 30);
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/tether-agent"));
+        assert!(cfg.log_dirs.is_empty(), "no log dir is allowed by default");
+        assert!(cfg.protected_processes.iter().any(|p| p == "sshd"));
+        assert!(cfg.protected_processes.iter().any(|p| p == "tether-agent"));
         assert_eq!(
             cfg.labels.into_iter().collect::<Vec<_>>(),
             vec![("rack".into(), "4".into()), ("zone".into(), "eu-2".into())],
@@ -285,5 +325,31 @@ mod tests {
         std::fs::write(&path, r#"{"server_url": "https://x", "poll_timeout": 3}"#).expect("write");
         let err = Config::load(&path, &|_| None).expect_err("typo");
         assert_eq!(err.to_string(), "poll_timeout: unknown key");
+        let err = Config::load(
+            missing,
+            &env_of(&[
+                ("TETHER_AGENT_SERVER_URL", "https://x"),
+                ("TETHER_AGENT_LOG_DIRS", "/var/log, relative/logs"),
+            ]),
+        )
+        .expect_err("relative log dir");
+        assert_eq!(
+            err.to_string(),
+            "log_dirs: relative/logs is not an absolute path"
+        );
+        let cfg = Config::load(
+            missing,
+            &env_of(&[
+                ("TETHER_AGENT_SERVER_URL", "https://x"),
+                ("TETHER_AGENT_LOG_DIRS", "/var/log,/srv/app/logs"),
+                ("TETHER_AGENT_PROTECTED_PROCESSES", "postgres"),
+            ]),
+        )
+        .expect("log dirs");
+        assert_eq!(
+            cfg.log_dirs,
+            vec![PathBuf::from("/var/log"), PathBuf::from("/srv/app/logs")]
+        );
+        assert_eq!(cfg.protected_processes, vec!["postgres"]);
     }
 }

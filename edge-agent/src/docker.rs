@@ -10,8 +10,12 @@
 //!   [`tether_proto::MAX_SERVICE_LABELS`] labels per container are kept, each
 //!   value cut to 256 bytes.
 //!
+//! Remediation stops, starts and restarts containers through the same socket
+//! ([`control`]: `POST /containers/<name>/{stop,start,restart}`), and reads a
+//! container's state ([`state`]).
+//!
 //! A hand-written HTTP/1.0 request rather than an HTTP client: `ureq` has no
-//! unix-socket transport, and one GET with `Connection: close` needs no more.
+//! unix-socket transport, and one request with `Connection: close` needs no more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -65,42 +69,172 @@ pub fn parse(body: &[u8]) -> Result<HashMap<String, Container>, String> {
     Ok(out)
 }
 
-/// One `GET /containers/json` over the socket at `sock`.
-pub fn list(sock: &Path) -> Result<HashMap<String, Container>, String> {
-    let shown = sock.display();
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("{shown}: {e}"))?;
-    s.set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /containers/json HTTP/1.0\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("{shown}: {e}"))?;
+/// Why an Engine API request did not get a usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("{sock}: {source}")]
+    Io {
+        sock: String,
+        source: std::io::Error,
+    },
+    #[error("{sock}: answer over {MAX_BODY} bytes")]
+    TooLarge { sock: String },
+    #[error("{sock}: no complete answer within {limit:?}")]
+    Timeout { sock: String, limit: Duration },
+    #[error("{sock}: not an HTTP answer")]
+    NotHttp { sock: String },
+    #[error("{sock}: {request} answered {status}{detail}")]
+    Status {
+        sock: String,
+        request: String,
+        status: u16,
+        /// `: <the engine's message>` when it sent one.
+        detail: String,
+    },
+}
+
+/// One HTTP/1.0 request with an empty body over the socket at `sock`; the
+/// status and body of a complete answer, whatever the status.
+pub fn request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    limit: Duration,
+) -> Result<(u16, Vec<u8>), DockerError> {
+    let shown = sock.display().to_string();
+    let io = |source| DockerError::Io {
+        sock: shown.clone(),
+        source,
+    };
+    let mut s = UnixStream::connect(sock).map_err(io)?;
+    s.set_read_timeout(Some(limit)).map_err(io)?;
+    s.set_write_timeout(Some(limit)).map_err(io)?;
+    let body = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: docker\r\n{body}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .map_err(io)?;
     let mut buf = Vec::new();
     let started = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        let n = s.read(&mut chunk).map_err(|e| format!("{shown}: {e}"))?;
+        let n = s.read(&mut chunk).map_err(io)?;
         if n == 0 {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_BODY {
-            return Err(format!("{shown}: answer over {MAX_BODY} bytes"));
+            return Err(DockerError::TooLarge { sock: shown });
         }
-        if started.elapsed() > TIMEOUT {
-            return Err(format!("{shown}: no complete answer within {TIMEOUT:?}"));
+        if started.elapsed() > limit {
+            return Err(DockerError::Timeout { sock: shown, limit });
         }
     }
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{shown}: not an HTTP answer"))?;
+        .ok_or_else(|| DockerError::NotHttp {
+            sock: shown.clone(),
+        })?;
     let head = String::from_utf8_lossy(&buf[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("{shown}: GET /containers/json answered {status}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| head.starts_with("HTTP/"))
+        .ok_or(DockerError::NotHttp { sock: shown })?;
+    Ok((status, buf[split + 4..].to_vec()))
+}
+
+fn status_error(sock: &Path, request: String, status: u16, body: &[u8]) -> DockerError {
+    let detail = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(|m| format!(": {m}")))
+        .unwrap_or_default();
+    DockerError::Status {
+        sock: sock.display().to_string(),
+        request,
+        status,
+        detail,
     }
-    parse(&buf[split + 4..])
+}
+
+/// One `GET /containers/json` over the socket at `sock`.
+pub fn list(sock: &Path) -> Result<HashMap<String, Container>, String> {
+    let (status, body) =
+        request(sock, "GET", "/containers/json", TIMEOUT).map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(status_error(sock, "GET /containers/json".into(), status, b"").to_string());
+    }
+    parse(&body)
+}
+
+/// A container lifecycle call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Stop,
+    Start,
+    Restart,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Start => "start",
+            Self::Restart => "restart",
+        }
+    }
+}
+
+/// A container name or id the Engine API accepts in a path.
+pub fn container_name(s: &str) -> Option<&str> {
+    let mut b = s.bytes();
+    let ok = s.len() <= 128
+        && b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c));
+    ok.then_some(s)
+}
+
+/// The request line of `verb` on `container`: stop and restart give it
+/// `wait_s` seconds before Docker kills it.
+pub fn control_path(container: &str, verb: Verb, wait_s: u64) -> String {
+    match verb {
+        Verb::Start => format!("/containers/{container}/start"),
+        v => format!("/containers/{container}/{}?t={wait_s}", v.as_str()),
+    }
+}
+
+/// `POST /containers/<name>/<verb>`: `Ok(true)` when it changed the container,
+/// `Ok(false)` when it already was in that state (304). `container` must have
+/// passed [`container_name`].
+pub fn control(sock: &Path, container: &str, verb: Verb, wait_s: u64) -> Result<bool, DockerError> {
+    let path = control_path(container, verb, wait_s);
+    let limit = TIMEOUT + Duration::from_secs(wait_s + 5);
+    let (status, body) = request(sock, "POST", &path, limit)?;
+    match status {
+        204 => Ok(true),
+        304 => Ok(false),
+        s => Err(status_error(sock, format!("POST {path}"), s, &body)),
+    }
+}
+
+/// The container's `State.Status` (`running`, `exited`, ...).
+pub fn state(sock: &Path, container: &str) -> Result<String, DockerError> {
+    let path = format!("/containers/{container}/json");
+    let (status, body) = request(sock, "GET", &path, TIMEOUT)?;
+    if status != 200 {
+        return Err(status_error(sock, format!("GET {path}"), status, &body));
+    }
+    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["State"]["Status"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into()))
 }
 
 /// The cached view discovery reads.
@@ -201,6 +335,79 @@ mod tests {
             }
         });
         sock
+    }
+
+    /// A stand-in for dockerd that answers `answer` to each of `n` requests and
+    /// hands back the exact requests it read.
+    fn recording_engine(answers: Vec<String>) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
+        let sock = std::env::temp_dir().join(format!(
+            "tether-docker-rec-{}-{}.sock",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let l = UnixListener::bind(&sock).expect("bind");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+                let _ = c.write_all(answer.as_bytes());
+            }
+        });
+        (sock, rx)
+    }
+
+    #[test]
+    fn lifecycle_calls_send_the_exact_engine_api_requests() {
+        let (sock, rx) = recording_engine(vec![
+            "HTTP/1.1 204 No Content\r\n\r\n".into(),
+            "HTTP/1.1 304 Not Modified\r\n\r\n".into(),
+            "HTTP/1.1 204 No Content\r\n\r\n".into(),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\r\n{\"message\":\"No such container: ghost\"}".into(),
+            "HTTP/1.1 200 OK\r\n\r\n{\"State\":{\"Status\":\"running\"}}".into(),
+        ]);
+        let next = || rx.recv_timeout(Duration::from_secs(5)).expect("a request");
+        assert!(control(&sock, "rag-worker", Verb::Stop, 10).expect("stop"));
+        assert_eq!(
+            next(),
+            "POST /containers/rag-worker/stop?t=10 HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert!(
+            !control(&sock, "rag-worker", Verb::Start, 10).expect("start"),
+            "304: already started"
+        );
+        assert_eq!(
+            next(),
+            "POST /containers/rag-worker/start HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert!(control(&sock, "4f8e2c1b9a7d", Verb::Restart, 3).expect("restart"));
+        assert!(next().starts_with("POST /containers/4f8e2c1b9a7d/restart?t=3 HTTP/1.0\r\n"));
+        let err = control(&sock, "ghost", Verb::Stop, 10).expect_err("404");
+        assert!(
+            err.to_string().ends_with(
+                "POST /containers/ghost/stop?t=10 answered 404: No such container: ghost"
+            ),
+            "{err}"
+        );
+        next();
+        assert_eq!(state(&sock, "rag-worker").expect("state"), "running");
+        assert!(next().starts_with("GET /containers/rag-worker/json HTTP/1.0\r\n"));
+        assert!(matches!(
+            control(Path::new("/nonexistent/docker.sock"), "x", Verb::Stop, 1),
+            Err(DockerError::Io { .. })
+        ));
+        assert_eq!(container_name("rag-worker"), Some("rag-worker"));
+        for bad in ["", "../x", "a/b", "-x", "a b", "x?t=0"] {
+            assert_eq!(container_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod instrument;
 mod llmstats;
 mod otlp;
 mod redact;
+mod remedy;
 mod spool;
 mod state;
 mod telemetry;
@@ -27,7 +28,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str = "usage: tether-agent [--config FILE] enroll [--force] | run [--once] | status | scan | capture --pid PID [--pid PID ...] [--seconds N]";
+const USAGE: &str = "usage: tether-agent [--config FILE] enroll [--force] | run [--once] | status | scan | kinds | capture --pid PID [--pid PID ...] [--seconds N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +74,25 @@ fn main() -> ExitCode {
                 "{}",
                 serde_json::json!({"processes": s.processes, "skipped": s.skipped,
                     "scan_ms": t.elapsed().as_secs_f64() * 1000.0, "services": s.services})
+            );
+            Ok(())
+        }
+        Some("kinds") => {
+            // What `runnable_kinds` would advertise here, and why.
+            let ctx = remedy::Context::new(
+                &cfg.data_dir,
+                &cfg.log_dirs,
+                &cfg.protected_processes,
+                std::path::Path::new(&cfg.docker_socket),
+            );
+            let offers = remedy::Offers::probe(&ctx, cfg.ebpf && ebpf::preflight().is_ok());
+            println!(
+                "{}",
+                serde_json::json!({
+                    "runnable": remedy::runnable_kinds(&cfg.allowed_actions, &offers),
+                    "implemented": remedy::implemented(),
+                    "offers": format!("{offers:?}"),
+                })
             );
             Ok(())
         }

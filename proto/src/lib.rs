@@ -75,6 +75,13 @@ pub struct PollRequest {
     pub seq: u64,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The action kinds this agent can run on this host now: its local
+    /// allow-list ∩ the kinds it implements ∩ what the host offers (systemd,
+    /// journald, a Docker socket, NVML, writable cgroup controllers, eBPF).
+    /// Sent on every poll; `None` from agents that predate it (the server then
+    /// assumes nothing about them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_kinds: Option<Vec<String>>,
     /// Hash of the host inventory; `inventory` travels only when it changed or when
     /// the server asked for it.
     #[serde(default)]
@@ -369,6 +376,18 @@ impl ActionKind {
     pub const UNINSTRUMENT: &'static str = "uninstrument";
     pub const ENABLE_PYTHON_SDK: &'static str = "enable_python_sdk";
     pub const DISABLE_PYTHON_SDK: &'static str = "disable_python_sdk";
+    pub const COLLECT_EVIDENCE: &'static str = "collect_evidence";
+    pub const SIGNAL_PROCESS: &'static str = "signal_process";
+    pub const STOP_SERVICE: &'static str = "stop_service";
+    pub const START_SERVICE: &'static str = "start_service";
+    pub const RESTART_SERVICE: &'static str = "restart_service";
+    pub const ROTATE_LOGS: &'static str = "rotate_logs";
+    pub const VACUUM_JOURNAL: &'static str = "vacuum_journal";
+    pub const LIMIT_WORKLOAD: &'static str = "limit_workload";
+    pub const RESTORE_WORKLOAD_LIMIT: &'static str = "restore_workload_limit";
+    pub const SET_GPU_POWER_LIMIT: &'static str = "set_gpu_power_limit";
+    pub const RESTORE_GPU_POWER_LIMIT: &'static str = "restore_gpu_power_limit";
+    pub const RESET_GPU: &'static str = "reset_gpu";
 
     pub fn new(kind: &str) -> Self {
         Self(kind.to_owned())
