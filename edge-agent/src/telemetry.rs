@@ -120,7 +120,7 @@ fn netdev(text: &str) -> (u64, u64) {
 }
 
 /// `/` -> `root`, `/var/lib` -> `var_lib`.
-fn mount_name(mountpoint: &str) -> String {
+pub(crate) fn mount_name(mountpoint: &str) -> String {
     let s = mountpoint.trim_matches('/').replace(['/', '.', ' '], "_");
     if s.is_empty() {
         "root".into()
@@ -129,23 +129,49 @@ fn mount_name(mountpoint: &str) -> String {
     }
 }
 
-/// Real filesystems from `/proc/mounts`.
+/// Filesystems from `/proc/mounts` that can fill up: disk filesystems, and the
+/// tmpfs mounts workloads write to (`/dev/shm`, `/tmp`, `/run`, …), not the
+/// kernel's own (`/sys`, `/proc`, `/dev`) or per-user runtime directories.
 pub(crate) fn mounts(text: &str) -> Vec<String> {
     const REAL: &[&str] = &[
         "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "overlay",
     ];
+    let tmpfs_counts = |mp: &str| {
+        mp == "/dev/shm"
+            || !(mp.starts_with("/sys")
+                || mp.starts_with("/proc")
+                || mp.starts_with("/dev")
+                || mp.starts_with("/run/user/")
+                || mp.starts_with("/run/credentials")
+                || mp == "/run/lock")
+    };
     let mut out: Vec<String> = text
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let (mp, fs) = (f.get(1)?, f.get(2)?);
-            REAL.contains(fs).then(|| mp.replace("\\040", " "))
+            let mp = mp.replace("\\040", " ");
+            (REAL.contains(fs) || (*fs == "tmpfs" && tmpfs_counts(&mp))).then_some(mp)
         })
         .collect();
     out.sort();
     out.dedup();
     out.truncate(MAX_MOUNTS);
     out
+}
+
+/// Used bytes and percent as `df` computes them: blocks in use over the blocks
+/// an unprivileged writer can use (used + available), so the root-reserved
+/// blocks count neither as used nor as room.
+pub(crate) fn df(blocks: u64, bfree: u64, bavail: u64, frsize: u64) -> (f64, f64) {
+    let used = blocks.saturating_sub(bfree).saturating_mul(frsize) as f64;
+    let avail = bavail.saturating_mul(frsize) as f64;
+    let pct = if used + avail > 0.0 {
+        100.0 * used / (used + avail)
+    } else {
+        0.0
+    };
+    (used, pct)
 }
 
 /// utime + stime and RSS pages of one `/proc/<pid>/stat`.
@@ -173,7 +199,13 @@ fn container_cgroups(root: &Path) -> Vec<(String, PathBuf)> {
             let name = e.file_name().to_string_lossy().into_owned();
             let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
                 .iter()
-                .find_map(|p| name.strip_prefix(p)?.strip_suffix(".scope"));
+                .find_map(|p| name.strip_prefix(p)?.strip_suffix(".scope"))
+                .or_else(|| {
+                    // cgroupfs driver (v1 and v2): `docker/<64 hex>`,
+                    // `kubepods/.../<64 hex>`.
+                    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then_some(name.as_str())
+                });
             match id {
                 Some(id) if out.len() < MAX_CGROUPS => {
                     out.push((id.chars().take(12).collect(), e.path()))
@@ -388,12 +420,10 @@ impl Sampler {
                 for mp in mounts(&t) {
                     match rustix::fs::statvfs(mp.as_str()) {
                         Ok(v) => {
-                            let total = v.f_blocks.saturating_mul(v.f_frsize) as f64;
-                            let free = v.f_bavail.saturating_mul(v.f_frsize) as f64;
-                            let used = (total - free).max(0.0);
+                            let (used, pct) = df(v.f_blocks, v.f_bfree, v.f_bavail, v.f_frsize);
                             let n = mount_name(&mp);
                             m.insert(format!("fs.{n}.used_bytes"), used);
-                            m.insert(format!("fs.{n}.used_pct"), 100.0 * used / total.max(1.0));
+                            m.insert(format!("fs.{n}.used_pct"), pct);
                         }
                         Err(e) => failed.push(format!("{mp}: {e}")),
                     }
@@ -479,32 +509,56 @@ impl Sampler {
         secs: Option<f64>,
         collectors: &mut Vec<Collector>,
     ) {
-        if !self.cgroup_root.join("cgroup.controllers").exists() {
+        let Some(layout) = CgroupLayout::find(&self.cgroup_root) else {
             note(
                 collectors,
                 "cgroup",
                 Err(format!(
-                    "{} is not a cgroup v2 hierarchy",
-                    self.cgroup_root.display()
+                    "no cgroup controllers: {root} has no cgroup v2 controllers (nor {root}/unified) and no v1 memory or cpuacct hierarchy",
+                    root = self.cgroup_root.display()
                 )),
             );
             return;
-        }
+        };
         let mut now = HashMap::new();
-        for (id, dir) in container_cgroups(&self.cgroup_root) {
-            if let Some(mem) = std::fs::read_to_string(dir.join("memory.current"))
-                .ok()
-                .and_then(|v| v.trim().parse::<f64>().ok())
-            {
+        let (mem_root, cpu_root) = layout.roots();
+        let mut ids: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>)> = BTreeMap::new();
+        if let Some(r) = mem_root {
+            for (id, dir) in container_cgroups(r) {
+                ids.entry(id).or_default().0 = Some(dir);
+            }
+        }
+        if let Some(r) = cpu_root {
+            for (id, dir) in container_cgroups(r) {
+                ids.entry(id).or_default().1 = Some(dir);
+            }
+        }
+        for (id, (mem_dir, cpu_dir)) in ids.into_iter().take(MAX_CGROUPS) {
+            let num = |dir: &Path, file: &str| {
+                std::fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
+            let mem = mem_dir.as_deref().and_then(|d| match layout {
+                CgroupLayout::V2(_) => num(d, "memory.current"),
+                CgroupLayout::V1 { .. } => num(d, "memory.usage_in_bytes"),
+            });
+            if let Some(mem) = mem {
                 m.insert(format!("container.{id}.mem_bytes"), mem);
             }
-            let usage = std::fs::read_to_string(dir.join("cpu.stat"))
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix("usage_usec "))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                });
+            // CPU time in microseconds.
+            let usage = cpu_dir.as_deref().and_then(|d| match layout {
+                CgroupLayout::V2(_) => {
+                    std::fs::read_to_string(d.join("cpu.stat"))
+                        .ok()
+                        .and_then(|t| {
+                            t.lines()
+                                .find_map(|l| l.strip_prefix("usage_usec "))
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                        })
+                }
+                CgroupLayout::V1 { .. } => num(d, "cpuacct.usage").map(|ns| (ns / 1000.0) as u64),
+            });
             if let Some(u) = usage {
                 if let (Some(s), Some(prev)) = (secs, self.cgroups.get(&id)) {
                     m.insert(
@@ -517,6 +571,51 @@ impl Sampler {
         }
         self.cgroups = now;
         note(collectors, "cgroup", Ok(()));
+    }
+}
+
+/// Where the memory and CPU controllers are mounted: cgroup v2 (unified, or the
+/// hybrid's `unified` mount when controllers are enabled there), else the v1
+/// hierarchies (hybrid hosts such as this one keep them on v1).
+#[derive(Debug, Clone, PartialEq)]
+enum CgroupLayout {
+    V2(PathBuf),
+    V1 {
+        memory: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
+    },
+}
+
+impl CgroupLayout {
+    fn find(root: &Path) -> Option<Self> {
+        let has_controllers = |d: &Path| {
+            std::fs::read_to_string(d.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory" || x == "cpu"))
+        };
+        if has_controllers(root) {
+            return Some(Self::V2(root.to_path_buf()));
+        }
+        let unified = root.join("unified");
+        if has_controllers(&unified) {
+            return Some(Self::V2(unified));
+        }
+        let v1 = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| root.join(n))
+                .find(|d| d.join("tasks").exists() || d.join("cgroup.procs").exists())
+        };
+        let memory = v1(&["memory"]);
+        let cpuacct = v1(&["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]);
+        (memory.is_some() || cpuacct.is_some()).then_some(Self::V1 { memory, cpuacct })
+    }
+
+    /// (memory root, CPU accounting root).
+    fn roots(&self) -> (Option<&Path>, Option<&Path>) {
+        match self {
+            Self::V2(r) => (Some(r), Some(r)),
+            Self::V1 { memory, cpuacct } => (memory.as_deref(), cpuacct.as_deref()),
+        }
     }
 }
 
@@ -688,5 +787,98 @@ mod tests {
         let second = s.sample();
         assert!(second.metrics["container.abababababab.cpu_pct"] > 0.0);
         assert_eq!(collector(&second, "cgroup").state, "ok");
+    }
+
+    #[test]
+    fn v1_container_cgroups_are_measured_on_hybrid_hosts() {
+        let root = std::env::temp_dir().join(format!(
+            "cg1-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let id = "cd".repeat(32);
+        // A hybrid host: an empty unified mount, v1 memory and cpuacct.
+        std::fs::create_dir_all(root.join("unified")).expect("dir");
+        std::fs::write(root.join("unified/cgroup.controllers"), "\n").expect("write");
+        let mem = root.join(format!("memory/docker/{id}"));
+        let cpu = root.join(format!("cpu,cpuacct/docker/{id}"));
+        for d in [&mem, &cpu] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        std::fs::write(root.join("memory/tasks"), "1\n").expect("write");
+        std::fs::write(root.join("cpu,cpuacct/tasks"), "1\n").expect("write");
+        std::fs::write(mem.join("memory.usage_in_bytes"), "2097152\n").expect("write");
+        std::fs::write(cpu.join("cpuacct.usage"), "1000000000\n").expect("write");
+        let mut s = Sampler::with_gpu(Path::new("/proc"), &root, Gpu::absent("test"));
+        let first = s.sample();
+        assert_eq!(
+            collector(&first, "cgroup").state,
+            "ok",
+            "{:?}",
+            first.collectors
+        );
+        assert_eq!(
+            first.metrics["container.cdcdcdcdcdcd.mem_bytes"],
+            2_097_152.0
+        );
+        std::fs::write(cpu.join("cpuacct.usage"), "1500000000\n").expect("write");
+        let second = s.sample();
+        assert!(second.metrics["container.cdcdcdcdcdcd.cpu_pct"] > 0.0);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn this_hosts_cgroups_are_read_whatever_their_version() {
+        // This machine is a v1/v2 hybrid with no controllers on its v2 mount:
+        // the collector must read the v1 hierarchies rather than give up.
+        let s = Sampler::with_gpu(
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            Gpu::absent("test"),
+        )
+        .sample();
+        assert_eq!(collector(&s, "cgroup").state, "ok", "{:?}", s.collectors);
+    }
+
+    #[test]
+    fn filesystem_use_is_computed_as_df_does() {
+        // 100 blocks of 4 KiB, 30 free of which 25 are available to users (5
+        // reserved for root): df says 70 used of 95 usable, 73.7 %.
+        let (used, pct) = df(100, 30, 25, 4096);
+        assert_eq!(used, 70.0 * 4096.0);
+        assert!((pct - 100.0 * 70.0 / 95.0).abs() < 1e-9, "{pct}");
+        assert_eq!(df(0, 0, 0, 4096), (0.0, 0.0));
+        let m = mounts(
+            "tmpfs /dev/shm tmpfs rw 0 0\ntmpfs /run/user/1000 tmpfs rw 0 0\ntmpfs /sys/fs/cgroup tmpfs ro 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /dev tmpfs rw 0 0\n",
+        );
+        assert_eq!(m, vec!["/dev/shm", "/tmp"]);
+    }
+
+    #[test]
+    fn the_root_filesystem_reads_as_df_reads_it_here() {
+        let out = std::process::Command::new("df")
+            .args(["-P", "/"])
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `df -P`: Filesystem 1024-blocks Used Available Capacity Mounted-on;
+        // Capacity is rounded up.
+        let capacity: f64 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|c| c.trim_end_matches('%').parse().ok())
+            .expect("df capacity");
+        let s = Sampler::with_gpu(
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            Gpu::absent("test"),
+        )
+        .sample();
+        let ours = s.metrics["fs.root.used_pct"];
+        assert!(
+            ours <= capacity && capacity - ours < 1.5,
+            "ours {ours:.2} % vs df {capacity} %"
+        );
     }
 }

@@ -290,6 +290,41 @@ fn rotate_logs_by_mount_takes_the_largest_log_files_first() {
     );
 }
 
+#[test]
+fn rotate_logs_takes_the_filesystem_as_the_disk_full_signal_names_it() {
+    let dir = scratch("by-name");
+    prefill(&dir.join("app.log"), 3 * 1024 * 1024);
+    let mut ctx = context(&[]);
+    ctx.proc_root = PathBuf::from("/proc");
+    ctx.log_dirs = vec![dir.clone()];
+    // The filesystem holding the directory, as `df` finds it, named as
+    // telemetry names it (`fs.<name>.used_pct`).
+    let out = std::process::Command::new("df")
+        .args(["--output=target"])
+        .arg(&dir)
+        .output()
+        .expect("df");
+    let target = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .expect("df target")
+        .trim()
+        .to_owned();
+    let name = crate::telemetry::mount_name(&target);
+    let done = rot_mount(&ctx, &name);
+    assert_eq!(done.status, ResultStatus::Succeeded, "{name}: {done:?}");
+    assert!(std::fs::metadata(dir.join("app.log")).expect("meta").len() <= 1024 * 1024);
+    let unknown = rot_mount(&ctx, "no_such_fs");
+    assert_eq!(unknown.status, ResultStatus::Failed, "{unknown:?}");
+    assert!(
+        unknown
+            .message
+            .contains("nor a filesystem this host reports"),
+        "{}",
+        unknown.message
+    );
+}
+
 // ---- vacuum_journal --------------------------------------------------------
 
 #[test]

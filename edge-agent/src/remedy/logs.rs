@@ -331,12 +331,27 @@ pub fn rotate(a: &Action, ctx: &Context) -> Outcome {
             }]
         }
         (None, Some(mount)) => {
-            let mount_path = PathBuf::from(mount.strip_prefix("fs:").unwrap_or(mount));
-            if !mount_path.is_absolute() {
-                return Outcome::not_run(format!(
-                    "payload: mount {mount:?} is not an absolute path"
-                ));
-            }
+            let raw = mount.strip_prefix("fs:").unwrap_or(mount);
+            // An absolute path, or a filesystem as telemetry names it
+            // (`fs.<name>.used_pct`: `root`, `var_lib`), which is what the
+            // incident chain's disk_full signal carries.
+            let mount_path = if raw.starts_with('/') {
+                PathBuf::from(raw)
+            } else {
+                let table =
+                    std::fs::read_to_string(ctx.proc_root.join("mounts")).unwrap_or_default();
+                match crate::telemetry::mounts(&table)
+                    .into_iter()
+                    .find(|mp| crate::telemetry::mount_name(mp) == raw)
+                {
+                    Some(mp) => PathBuf::from(mp),
+                    None => {
+                        return Outcome::not_run(format!(
+                            "payload: mount {mount:?} is neither an absolute path nor a filesystem this host reports"
+                        ))
+                    }
+                }
+            };
             let dev = match std::fs::metadata(&mount_path) {
                 Ok(m) => m.dev(),
                 Err(e) => return Outcome::not_run(format!("{}: {e}", mount_path.display())),
