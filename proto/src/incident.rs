@@ -195,6 +195,14 @@ pub enum Body {
     RemediationProposal {
         hypothesis: String,
         proposals: Vec<Proposal>,
+        /// Runbook steps left out because the subject's agent cannot run them on
+        /// its host (they rank above what was proposed, or there is no other way).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unavailable: Vec<Unavailable>,
+        /// Set when the agent did not report the action kinds it can run (an
+        /// older agent): the steps were proposed without that check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     ExecutionPlan {
         decisions: Vec<Decision>,
@@ -301,6 +309,14 @@ pub struct Proposal {
     pub safety: Safety,
     pub rollback: Option<RollbackStep>,
     pub rationale: String,
+}
+
+/// A runbook step the planner left out, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub runbook: String,
+    pub action: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

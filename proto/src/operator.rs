@@ -97,15 +97,41 @@ pub struct AgentSummary {
     pub last_seen_ms: u64,
     pub poll_interval_ms: u64,
     pub enrolled_at_ms: u64,
+    /// The desired revision the control plane judges this agent to have fully
+    /// applied: every action reconciliation needed for it succeeded (the agent's
+    /// own claim is not taken).
     pub applied_revision: u64,
+    /// The tenant's desired revision now; `applied_revision` lags when lower.
+    #[serde(default)]
+    pub desired_revision: u64,
+    /// Why `applied_revision` lags `desired_revision`: one entry per unmet need
+    /// (pending, failed, refused, held), empty when it does not lag.
+    #[serde(default)]
+    pub drift: Vec<Drift>,
     pub spool_depth: u64,
     pub last_error: Option<String>,
     pub capabilities: Vec<String>,
+    /// The action kinds the agent reports it can run on its host; absent for an
+    /// agent that does not report them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_kinds: Option<Vec<String>>,
     pub revoked: bool,
     #[serde(default)]
     pub collectors: Vec<crate::CollectorState>,
     #[serde(default)]
     pub vitals: std::collections::BTreeMap<String, f64>,
+}
+
+/// One reason an agent's applied revision lags: a desired-state need of one
+/// workload that has not succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub workload_key: String,
+    /// The action kind the need calls for (`instrument`, …); empty for a reason
+    /// that is not about one action.
+    #[serde(default)]
+    pub kind: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -65,6 +65,14 @@ try {
   }, workload, { timeout: 60000 });
   await page.screenshot({ path: `${outDir}/03-services.png` });
 
+  step = "the fleet page shows the agent in sync with the desired revision";
+  await page.click('nav a[data-page="fleet"]');
+  await page.waitForFunction((id) => {
+    const r = document.querySelector(`#fleet-rows tr[data-agent="${id}"]`);
+    const c = r && r.querySelector("td.drift");
+    return c && c.dataset.lag === "0" && c.textContent.includes("in sync");
+  }, agentId, { timeout: 30000 });
+
   step = "actions page";
   await page.click('nav a[data-page="actions"]');
   await page.waitForFunction(() => document.querySelectorAll("#action-rows tr").length > 0);

@@ -6,6 +6,7 @@
 pub mod emulator;
 pub mod http;
 pub mod llm;
+pub mod replay;
 pub mod runner;
 pub mod stack;
 

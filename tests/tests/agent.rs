@@ -200,25 +200,40 @@ async fn agent_enrolls_discovers_acts_and_survives_an_outage() {
     });
     assert_eq!(second["workload_key"], workload.as_str());
 
-    // Desired state -> action -> result recorded: `instrument` is not on this
-    // host's allow-list, so the agent refuses it and says why.
+    // Desired state the agent cannot apply: `instrument` is not on this host's
+    // allow-list, so the agent does not report it among its action kinds; the
+    // control plane holds the need instead of queueing a sure refusal, and the
+    // agent's applied revision lags with the reason.
     let applied = http.post(
         "/v1/apply",
         Some(&key),
         &json!({"workloads": [{"workload_key": workload, "instrumentation": "instrumented"}]}),
     );
     assert_eq!(applied.status, 200);
-    let action = wait_for("refused instrument action", || {
+    let drift = wait_for("the held instrument need on the agent", || {
         agent.once(&[]);
-        let a = http.get("/v1/actions", Some(&key));
-        a.json["actions"]
+        let a = http.get("/v1/agents", Some(&key));
+        a.json["agents"][0]["drift"]
             .as_array()
-            .and_then(|v| v.iter().find(|a| a["state"] == "refused").cloned())
+            .and_then(|v| v.iter().find(|d| d["kind"] == "instrument").cloned())
     });
-    assert_eq!(action["kind"], "instrument");
-    assert_eq!(
-        action["result"]["message"], "action kind instrument is not on this host's allow-list",
-        "{action}"
+    assert!(
+        drift["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot run instrument")),
+        "{drift}"
+    );
+    let me = &http.get("/v1/agents", Some(&key)).json["agents"][0];
+    assert!(
+        me["applied_revision"].as_u64() < me["desired_revision"].as_u64(),
+        "{me}"
+    );
+    let listed = http.get("/v1/actions", Some(&key)).json;
+    assert!(
+        listed["actions"]
+            .as_array()
+            .is_none_or(|v| v.iter().all(|a| a["kind"] != "instrument")),
+        "nothing queued for a sure refusal: {listed}"
     );
     let status = agent.status();
     assert_eq!(status["health"], "healthy");

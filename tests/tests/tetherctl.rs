@@ -102,7 +102,11 @@ async fn tetherctl_drives_the_control_plane_with_stable_exit_codes() {
     );
     let status: serde_json::Value =
         serde_json::from_str(&ctl.ok(&["-o", "json", "status"])).expect("status json");
-    assert_eq!(status["dependencies"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        status["dependencies"].as_array().map(Vec::len),
+        Some(4),
+        "dynamodb, sqs, secrets manager and cloudwatch"
+    );
     let stored = ctl.home.join(".config/tether/tetherctl.json");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -152,6 +156,20 @@ async fn tetherctl_drives_the_control_plane_with_stable_exit_codes() {
     assert!(
         again.contains("0 to change, 2 unchanged") && again.contains("no changes (revision 1)"),
         "{again}"
+    );
+    // The agent has not polled since: its applied revision lags, and says why.
+    let lagging = ctl.ok(&["agents"]);
+    assert!(
+        lagging.contains("0/1") && lagging.contains("not reconciled yet"),
+        "{lagging}"
+    );
+    let one = ctl.json(&["agents", "get", &agent_id]);
+    assert_eq!(
+        (
+            one["applied_revision"].as_u64(),
+            one["desired_revision"].as_u64()
+        ),
+        (Some(0), Some(1))
     );
     let d = ctl.json(&["desired"]);
     assert_eq!(d["revision"], 1);

@@ -277,10 +277,32 @@ fn agent_rows(agents: &[AgentSummary]) -> Vec<Vec<String>> {
                 ago(a.last_seen_ms),
                 a.agent_version.clone(),
                 a.spool_depth.to_string(),
+                format!("{}/{}", a.applied_revision, a.desired_revision),
+                drift_summary(a),
                 a.last_error.clone().unwrap_or_default(),
             ]
         })
         .collect()
+}
+
+/// Why an agent's applied revision lags the desired one, in one cell.
+fn drift_summary(a: &AgentSummary) -> String {
+    let Some(first) = a.drift.first() else {
+        return if a.applied_revision < a.desired_revision {
+            "lags".into()
+        } else {
+            String::new()
+        };
+    };
+    let what = match (first.workload_key.as_str(), first.kind.as_str()) {
+        ("", _) => first.reason.clone(),
+        (w, "") => format!("{w}: {}", first.reason),
+        (w, k) => format!("{w} {k}: {}", first.reason),
+    };
+    match a.drift.len() {
+        1 => what,
+        n => format!("{what} (+{} more)", n - 1),
+    }
 }
 
 const AGENT_HEADERS: &[&str] = &[
@@ -290,6 +312,8 @@ const AGENT_HEADERS: &[&str] = &[
     "LAST SEEN",
     "VERSION",
     "SPOOL",
+    "APPLIED",
+    "DRIFT",
     "LAST ERROR",
 ];
 
@@ -453,7 +477,29 @@ fn run(cli: &Cli) -> Result<(), Error> {
                         Output::Table => {
                             table(AGENT_HEADERS, agent_rows(std::slice::from_ref(&a)));
                             println!("\ncapabilities: {}", a.capabilities.join(", "));
-                            println!("applied desired revision: {}", a.applied_revision);
+                            println!(
+                                "applied desired revision: {} of {}",
+                                a.applied_revision, a.desired_revision
+                            );
+                            if let Some(kinds) = &a.action_kinds {
+                                println!("action kinds: {}", kinds.join(", "));
+                            }
+                            if !a.drift.is_empty() {
+                                println!();
+                                table(
+                                    &["WORKLOAD", "KIND", "WHY IT LAGS"],
+                                    a.drift
+                                        .iter()
+                                        .map(|d| {
+                                            vec![
+                                                d.workload_key.clone(),
+                                                d.kind.clone(),
+                                                d.reason.clone(),
+                                            ]
+                                        })
+                                        .collect(),
+                                );
+                            }
                             if !a.vitals.is_empty() {
                                 let v: Vec<String> = a
                                     .vitals

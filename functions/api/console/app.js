@@ -87,13 +87,25 @@ function collectorsCell(cs) {
   return td;
 }
 
+// The agent's applied desired revision against the tenant's, and why it lags
+// (the server's judgement: every action of a revision must have succeeded).
+function driftCell(a) {
+  const lag = (a.applied_revision || 0) < (a.desired_revision || 0);
+  const td = el("td", { class: "drift", "data-lag": lag ? "1" : "0" },
+    badge(lag ? "lags" : "in sync"), " " + (a.applied_revision || 0) + "/" + (a.desired_revision || 0));
+  const reasons = (a.drift || []).map((d) =>
+    [d.workload_key, d.kind].filter(Boolean).join(" ") + (d.workload_key || d.kind ? ": " : "") + d.reason);
+  if (reasons.length) td.append(el("ul", {}, ...reasons.map((r) => el("li", {}, r))));
+  return td;
+}
+
 async function loadFleet() {
   const { agents } = await api("GET", "/v1/agents");
   $("fleet-count").textContent = "(" + agents.length + ")";
   $("fleet-rows").replaceChildren(...agents.map((a) => el("tr", { "data-agent": a.agent_id },
     el("td", { class: "mono" }, a.agent_id), el("td", {}, a.hostname), el("td", {}, badge(a.liveness)),
     el("td", {}, ago(a.last_seen_ms)), el("td", {}, a.agent_version), el("td", { class: "vitals" }, vitalsText(a.vitals || {})),
-    collectorsCell(a.collectors || []),
+    collectorsCell(a.collectors || []), driftCell(a),
     el("td", {}, String(a.spool_depth)), el("td", {}, a.last_error || ""))));
 }
 

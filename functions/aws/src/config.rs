@@ -24,6 +24,7 @@
 //! | `TETHER_INCIDENT_ACTION_TTL_MS` | lifetime of an incident action | 900000 |
 //! | `TETHER_LLM_URL` | OpenAI-compatible base URL for optional hypothesis wording (`…/v1`) | unset: off |
 //! | `TETHER_LLM_MODEL` / `TETHER_LLM_API_KEY` / `TETHER_LLM_TIMEOUT_MS` | its model, bearer key (inject from your secret store), timeout | `gpt-4o-mini` / none / 5000 |
+//! | `TETHER_CPU_PERSIST_MS` | how long CPU saturation must hold (with contention, where the agent reports PSI) before a run opens | 300000 |
 //! | `TETHER_INCIDENT_SUPPRESS_MS` | no second run for the same agent and signal while one is open, up to | 1800000 |
 
 use jsonwebtoken::jwk::JwkSet;
@@ -177,6 +178,10 @@ impl Config {
             verify_attempts: small("TETHER_VERIFY_ATTEMPTS", dc.verify_attempts, 100)?,
             action_ttl_ms: number(s, "TETHER_INCIDENT_ACTION_TTL_MS", dc.action_ttl_ms)?,
             suppress_ms: number(s, "TETHER_INCIDENT_SUPPRESS_MS", dc.suppress_ms)?,
+            thresholds: tether_core::incident::observe::Thresholds {
+                cpu_persist_ms: number(s, "TETHER_CPU_PERSIST_MS", dc.thresholds.cpu_persist_ms)?,
+                ..dc.thresholds.clone()
+            },
             ..dc
         };
         let llm = match s.get("TETHER_LLM_URL") {

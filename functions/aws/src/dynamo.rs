@@ -144,11 +144,15 @@ struct AgentDoc {
     last_seen_ms: u64,
     poll_interval_ms: u64,
     capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    action_kinds: Option<Vec<String>>,
     inventory_hash: String,
     inventory: Option<Inventory>,
     services_hash: String,
     reconciled_revision: u64,
     applied_revision: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    drift: Vec<tether_proto::operator::Drift>,
     spool_depth: u64,
     last_error: Option<String>,
     attempts: BTreeMap<String, AttemptDoc>,
@@ -168,11 +172,13 @@ fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
         last_seen_ms: a.last_seen_ms,
         poll_interval_ms: a.poll_interval_ms,
         capabilities: a.capabilities.clone(),
+        action_kinds: a.action_kinds.clone(),
         inventory_hash: a.inventory_hash.clone(),
         inventory: a.inventory.clone(),
         services_hash: a.services_hash.clone(),
         reconciled_revision: a.reconciled_revision,
         applied_revision: a.applied_revision,
+        drift: a.drift.clone(),
         spool_depth: a.spool_depth,
         last_error: a.last_error.clone(),
         attempts: a
@@ -205,7 +211,7 @@ fn agent_item(t: &TenantId, a: &AgentRecord) -> Result<Item, StoreError> {
     Ok(item)
 }
 
-fn agent_from(item: &Item) -> Result<AgentRecord, StoreError> {
+pub(crate) fn agent_from(item: &Item) -> Result<AgentRecord, StoreError> {
     let doc: AgentDoc = body(item)?;
     let agent_id =
         AgentId::parse(get_s(item, "gsi1sk")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -220,11 +226,13 @@ fn agent_from(item: &Item) -> Result<AgentRecord, StoreError> {
         credential_gen: u32::try_from(get_n(item, "cred_gen")?)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         capabilities: doc.capabilities,
+        action_kinds: doc.action_kinds,
         inventory_hash: doc.inventory_hash,
         inventory: doc.inventory,
         services_hash: doc.services_hash,
         reconciled_revision: doc.reconciled_revision,
         applied_revision: doc.applied_revision,
+        drift: doc.drift,
         spool_depth: doc.spool_depth,
         last_error: doc.last_error,
         attempts: doc

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use tether_core::incident::artifact::{Addressed, Artifact, Stage};
 use tether_core::incident::policy::TenantPolicy;
 use tether_core::incident::port::{
-    ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
+    AgentKinds, ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
     EvidenceUploads, ExecutionCount, HostMarkers, Outbox, PolicyAdmin, PolicySource, PriorAttempts,
     Remember, RunIndex, Runs, StageQueue,
 };
@@ -374,6 +374,19 @@ impl Outbox for DynamoStore {
                 ActionEntry::Done(_, d) => Ok(Some(d)),
                 ActionEntry::Live(..) => Ok(None),
             },
+        }
+    }
+}
+
+impl AgentKinds for DynamoStore {
+    async fn agent_kinds(
+        &self,
+        t: &TenantId,
+        a: &AgentId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        match self.get(&key::agent(t, a)).await? {
+            None => Ok(None),
+            Some(i) => Ok(crate::dynamo::agent_from(&i)?.action_kinds),
         }
     }
 }

@@ -22,13 +22,21 @@ pub struct AgentRecord {
     /// Bumped on revocation; credentials carry it, so old ones stop working.
     pub credential_gen: u32,
     pub capabilities: Vec<String>,
+    /// The action kinds the agent last reported it can run on its host (its
+    /// allow-list ∩ what it implements ∩ what the host offers); `None` for an
+    /// agent that does not report them. Written only when it changes.
+    pub action_kinds: Option<Vec<String>>,
     pub inventory_hash: String,
     pub inventory: Option<Inventory>,
     pub services_hash: String,
     /// Tenant desired revision last reconciled against this agent's services.
     pub reconciled_revision: u64,
-    /// Desired revision the agent says it applied.
+    /// The desired revision this agent has fully applied, as the server judges
+    /// it ([`crate::reconcile::judge`]): it advances to the tenant's revision
+    /// only when no need of that revision is pending, failed, refused or held.
     pub applied_revision: u64,
+    /// Why `applied_revision` lags (empty when it does not); bounded.
+    pub drift: Vec<tether_proto::operator::Drift>,
     pub spool_depth: u64,
     pub last_error: Option<String>,
     /// Retry budget per (workload, kind): see [`crate::reconcile`].
@@ -62,11 +70,13 @@ impl AgentRecord {
             revoked: false,
             credential_gen: 1,
             capabilities: Vec::new(),
+            action_kinds: None,
             inventory_hash: String::new(),
             inventory: None,
             services_hash: String::new(),
             reconciled_revision: 0,
             applied_revision: 0,
+            drift: Vec::new(),
             spool_depth: 0,
             last_error: None,
             attempts: BTreeMap::new(),

@@ -14,12 +14,15 @@
 //! - Results are processed in the order sent and are idempotent: a result for an
 //!   action that is no longer live (already final, or unknown) is acknowledged
 //!   without a write.
+//! - The server judges the applied revision ([`crate::reconcile::judge`]); the
+//!   agent's own `applied_revision` claim is not stored. It and its drift reasons
+//!   are written only when they change, so the steady poll still writes nothing.
 
 use crate::model::{
     AgentView, Attempt, DesiredSet, DoneItem, FinalState, LiveState, OutboxItem, ServicesRecord,
 };
 use crate::port::{PollCommit, Transition};
-use crate::reconcile::{attempt_key, reconcile, Observed};
+use crate::reconcile::{attempt_key, capability_for, judge, reconcile, Abilities, Observed};
 use crate::tenant::TenantId;
 use std::collections::BTreeMap;
 use tether_proto::{
@@ -66,14 +69,6 @@ pub struct PollPlan {
     pub held: Vec<crate::reconcile::Held>,
 }
 
-fn capability_for(kind: &str) -> &'static str {
-    match kind {
-        ActionKind::INSTRUMENT | ActionKind::UNINSTRUMENT => "ebpf",
-        ActionKind::ENABLE_PYTHON_SDK | ActionKind::DISABLE_PYTHON_SDK => "systemd",
-        _ => "",
-    }
-}
-
 pub fn plan_poll(
     tenant: &TenantId,
     view: &AgentView,
@@ -95,11 +90,13 @@ pub fn plan_poll(
         ..PollResponse::default()
     };
 
-    // Identity facts the agent reports: written only when they change.
+    // Identity facts the agent reports: written only when they change. (Its
+    // `applied_revision` is only its claim: the server judges that below.)
     let hb = &req.heartbeat;
+    let abilities_changed =
+        req.capabilities != agent.capabilities || req.action_kinds != agent.action_kinds;
     if (!hb.agent_version.is_empty() && hb.agent_version != agent.agent_version)
-        || req.capabilities != agent.capabilities
-        || req.applied_revision != agent.applied_revision
+        || abilities_changed
         || hb.last_error != agent.last_error
         || hb.collectors != agent.collectors
         || agent.poll_interval_ms != s.poll_interval_ms
@@ -109,7 +106,7 @@ pub fn plan_poll(
             agent.agent_version = hb.agent_version.clone();
         }
         agent.capabilities = req.capabilities.clone();
-        agent.applied_revision = req.applied_revision;
+        agent.action_kinds = req.action_kinds.clone();
         agent.last_error = hb.last_error.clone();
         agent.poll_interval_ms = s.poll_interval_ms;
         changed = true;
@@ -230,6 +227,7 @@ pub fn plan_poll(
         .map(|(o, _)| o.action.id.clone())
         .take(MAX_EXPIRIES_PER_POLL)
         .collect();
+    let any_expired = !expired.is_empty();
     for id in expired {
         if let Some((item, from)) = live.remove(&id) {
             finished.push((
@@ -248,16 +246,18 @@ pub fn plan_poll(
     let services_changed = new_services.is_some();
     let mut enqueue = Vec::new();
     let mut held = Vec::new();
+    let services = new_services
+        .as_ref()
+        .or(view.services.as_ref())
+        .map(|r| r.services.as_slice())
+        .unwrap_or(&[]);
     if services_changed
         || desired.revision != agent.reconciled_revision
         || any_final
+        || any_expired
         || agent.reconcile_pending
+        || abilities_changed
     {
-        let services = new_services
-            .as_ref()
-            .or(view.services.as_ref())
-            .map(|r| r.services.as_slice())
-            .unwrap_or(&[]);
         let live_items: Vec<OutboxItem> = live.values().map(|(o, _)| o.clone()).collect();
         let outcome = reconcile(
             tenant,
@@ -268,6 +268,10 @@ pub fn plan_poll(
                 services_hash: &agent.services_hash,
                 outbox: &live_items,
                 attempts: &agent.attempts,
+                abilities: Abilities {
+                    capabilities: &agent.capabilities,
+                    action_kinds: agent.action_kinds.as_deref(),
+                },
             },
             s.max_attempts,
         );
@@ -312,6 +316,42 @@ pub fn plan_poll(
             agent.attempts = attempts;
             agent.reconciled_revision = desired.revision;
             agent.reconcile_pending = truncated;
+            changed = true;
+        }
+    }
+
+    // Drift: the desired revision counts as applied only when every need of it
+    // succeeded; otherwise the last fully applied revision stays, with reasons.
+    if agent.reconciled_revision == desired.revision {
+        let after: Vec<OutboxItem> = live
+            .values()
+            .map(|(o, _)| o.clone())
+            .chain(enqueue.iter().cloned())
+            .collect();
+        let drift = judge(
+            tenant,
+            &agent.agent_id,
+            desired,
+            &Observed {
+                services,
+                services_hash: &agent.services_hash,
+                outbox: &after,
+                attempts: &agent.attempts,
+                abilities: Abilities {
+                    capabilities: &agent.capabilities,
+                    action_kinds: agent.action_kinds.as_deref(),
+                },
+            },
+            s.max_attempts,
+        );
+        let applied = if drift.is_empty() {
+            desired.revision
+        } else {
+            agent.applied_revision.min(desired.revision)
+        };
+        if applied != agent.applied_revision || drift != agent.drift {
+            agent.applied_revision = applied;
+            agent.drift = drift;
             changed = true;
         }
     }
@@ -376,7 +416,7 @@ mod tests {
     use super::*;
     use crate::model::{AgentRecord, DesiredEntry};
     use crate::tenant::AgentId;
-    use tether_proto::operator::{DesiredWorkload, Instrumentation, PythonSdk};
+    use tether_proto::operator::{DesiredWorkload, Drift, Instrumentation, PythonSdk};
     use tether_proto::{ActionResult, Heartbeat, ResultStatus, Service};
 
     const NOW: u64 = 1_800_000_000_000;
@@ -432,6 +472,8 @@ mod tests {
         a.version = 4;
         a.services_hash = services_hash(&services);
         a.reconciled_revision = rev;
+        a.applied_revision = rev;
+        a.capabilities = caps();
         a.agent_version = "0.1.0".into();
         AgentView {
             agent: a,
@@ -444,10 +486,17 @@ mod tests {
         }
     }
 
+    /// What the agent in these tests can do: eBPF and systemd.
+    fn caps() -> Vec<String> {
+        vec!["ebpf".into(), "systemd".into()]
+    }
+
     fn steady_request(view: &AgentView) -> PollRequest {
         PollRequest {
             agent_id: view.agent.agent_id.to_string(),
             seq: 9,
+            capabilities: view.agent.capabilities.clone(),
+            action_kinds: view.agent.action_kinds.clone(),
             services_hash: view.agent.services_hash.clone(),
             heartbeat: Heartbeat {
                 agent_version: "0.1.0".into(),
@@ -576,6 +625,13 @@ mod tests {
             updated_at_ms: NOW - 10,
             last_result: None,
         });
+        // As the poll that queued it judged: the revision waits for its result.
+        view.agent.applied_revision = 0;
+        view.agent.drift = vec![Drift {
+            workload_key: KEY.into(),
+            kind: "instrument".into(),
+            reason: "attempt 1 queued: waiting for the agent's result".into(),
+        }];
         (view, action)
     }
 
@@ -659,6 +715,8 @@ mod tests {
         let mut after = view.clone();
         after.outbox.clear();
         after.agent.attempts = c.agent.attempts.clone();
+        after.agent.applied_revision = c.agent.applied_revision;
+        after.agent.drift = c.agent.drift.clone();
         let mut replay = steady_request(&after);
         replay.results = vec![result(
             &action,
@@ -875,5 +933,172 @@ mod tests {
         );
         assert_eq!(plan.telemetry.len(), MAX_TELEMETRY_PER_POLL);
         assert_eq!(plan.commit, None);
+    }
+
+    /// Plans a poll and returns the view the next poll would read.
+    fn poll_once(view: &AgentView, req: &PollRequest, d: &DesiredSet) -> (PollPlan, AgentView) {
+        let plan = plan_poll(&tenant(), view, req, d, NOW, &PollSettings::default());
+        let mut next = view.clone();
+        if let Some(c) = &plan.commit {
+            next.agent = c.agent.clone();
+            let done: Vec<String> = c
+                .transitions
+                .iter()
+                .filter_map(|t| match t {
+                    Transition::Finish { done, .. } => Some(done.item.action.id.clone()),
+                    Transition::Advance { .. } => None,
+                })
+                .collect();
+            next.outbox.retain(|o| !done.contains(&o.action.id));
+            for t in &c.transitions {
+                if let Transition::Advance { item, .. } = t {
+                    if let Some(o) = next
+                        .outbox
+                        .iter_mut()
+                        .find(|o| o.action.id == item.action.id)
+                    {
+                        *o = item.clone();
+                    }
+                }
+            }
+            next.outbox.extend(c.enqueue.iter().cloned());
+            if let Some(svc) = &c.services {
+                next.services = Some(svc.clone());
+            }
+        }
+        (plan, next)
+    }
+
+    #[test]
+    fn an_action_the_agent_cannot_run_is_held_without_spending_the_budget() {
+        let mut view = settled(vec![svc(10, false)], 1);
+        view.agent.applied_revision = 0;
+        let mut req = steady_request(&view);
+        // The agent reports its kinds: `instrument` is not among them.
+        req.action_kinds = Some(vec!["collect_evidence".into()]);
+        let (plan, view) = poll_once(&view, &req, &desired(1));
+        let c = plan.commit.clone().expect("the new kinds are written");
+        assert!(c.enqueue.is_empty(), "nothing queued for a sure refusal");
+        assert!(c.agent.attempts.is_empty(), "no budget spent");
+        assert_eq!(c.agent.action_kinds, req.action_kinds);
+        assert!(plan.held[0].reason.contains("cannot run instrument"));
+        assert_eq!(c.agent.applied_revision, 0, "revision 1 is not applied");
+        assert_eq!(c.agent.drift.len(), 1);
+        assert!(c.agent.drift[0].reason.contains("cannot run instrument"));
+        // Steady: the same report again writes nothing.
+        let (plan, view) = poll_once(&view, &steady_request(&view), &desired(1));
+        assert_eq!(plan.commit, None);
+        // The host gains the kind: planned at once, attempt 1.
+        let mut req = steady_request(&view);
+        req.action_kinds = Some(vec!["collect_evidence".into(), "instrument".into()]);
+        let (plan, _) = poll_once(&view, &req, &desired(1));
+        let c = plan.commit.expect("write");
+        assert_eq!(c.enqueue.len(), 1);
+        assert_eq!(c.enqueue[0].attempt, 1);
+        assert_eq!(
+            c.agent.drift[0].reason,
+            "attempt 1 queued: waiting for the agent's result"
+        );
+    }
+
+    #[test]
+    fn the_applied_revision_lags_with_reasons_until_every_action_succeeded() {
+        // The agent claims revision 1 at once; the server does not take its word.
+        let mut view = settled(vec![], 0);
+        view.agent.applied_revision = 0;
+        let mut req = steady_request(&view);
+        let list = vec![svc(10, false)];
+        req.services_hash = services_hash(&list);
+        req.services = Some(list);
+        req.applied_revision = 1;
+        let (plan, view) = poll_once(&view, &req, &desired(1));
+        let c = plan.commit.expect("write");
+        assert_eq!(c.agent.applied_revision, 0, "pending: not applied");
+        assert_eq!(c.agent.drift[0].kind, "instrument");
+        assert!(c.agent.drift[0]
+            .reason
+            .contains("waiting for the agent's result"));
+        let action = c.enqueue[0].action.clone();
+
+        // Failed: retried (a new attempt is pending), still lagging.
+        let mut req = steady_request(&view);
+        req.applied_revision = 1;
+        req.results = vec![result(
+            &action,
+            ResultPhase::Final,
+            Some(ResultStatus::Failed),
+        )];
+        let (plan, view) = poll_once(&view, &req, &desired(1));
+        let c = plan.commit.expect("write");
+        assert_eq!(c.agent.applied_revision, 0);
+        assert!(
+            c.agent.drift[0].reason.starts_with("attempt 2 queued"),
+            "{:?}",
+            c.agent.drift
+        );
+        let retry = c.enqueue[0].action.clone();
+
+        // Refused: held, and the reason says so.
+        let mut refused = steady_request(&view);
+        refused.results = vec![result(
+            &retry,
+            ResultPhase::Final,
+            Some(ResultStatus::Refused),
+        )];
+        let (plan, _) = poll_once(&view, &refused, &desired(1));
+        let c = plan.commit.expect("write");
+        assert_eq!(c.agent.applied_revision, 0);
+        assert_eq!(c.agent.drift[0].reason, "refused by the agent");
+
+        // Succeeded instead: the revision is applied and the reasons clear.
+        let mut ok = steady_request(&view);
+        ok.results = vec![result(
+            &retry,
+            ResultPhase::Final,
+            Some(ResultStatus::Succeeded),
+        )];
+        let (plan, view) = poll_once(&view, &ok, &desired(1));
+        let c = plan.commit.expect("write");
+        assert_eq!(c.agent.applied_revision, 1);
+        assert!(c.agent.drift.is_empty());
+        // And the steady poll after it writes nothing.
+        let (plan, _) = poll_once(&view, &steady_request(&view), &desired(1));
+        assert_eq!(plan.commit, None);
+    }
+
+    #[test]
+    fn a_spent_retry_budget_is_a_reason_the_revision_lags() {
+        let mut view = settled(vec![svc(10, false)], 1);
+        view.agent.attempts.insert(
+            attempt_key(KEY, "instrument"),
+            Attempt {
+                pid: 10,
+                revision: 1,
+                count: 3,
+                exhausted: false,
+                succeeded_at_hash: None,
+            },
+        );
+        let (plan, _) = poll_once(&view, &steady_request(&view), &desired(2));
+        let c = plan.commit.expect("write");
+        // Revision 2 changed the workload: a fresh budget, one attempt queued.
+        assert_eq!(c.enqueue.len(), 1);
+        let (plan, _) = poll_once(&view, &steady_request(&view), &{
+            let mut d = desired(2);
+            if let Some(e) = d.workloads.get_mut(KEY) {
+                e.changed_at_revision = 1;
+            }
+            d
+        });
+        let c = plan.commit.expect("write");
+        assert!(c.enqueue.is_empty());
+        assert_eq!(
+            c.agent.applied_revision, 1,
+            "stays at the last fully applied"
+        );
+        assert_eq!(
+            c.agent.drift[0].reason,
+            "failed 3 time(s): retry budget exhausted"
+        );
     }
 }

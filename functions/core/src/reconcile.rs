@@ -20,11 +20,17 @@
 //!   a refusal exhausts it at once. A restarted process (new pid) or a new desired
 //!   change for the workload opens a fresh budget, so a restarted workload is
 //!   re-instrumented.
+//! - A need whose action the agent cannot run (its reported action kinds lack the
+//!   kind, or its capabilities lack the action's `requires_capability`) is held
+//!   with the reason, never queued: a sure refusal would spend the budget.
+//! - [`judge`] is the server's view of drift: the desired revision counts as
+//!   applied only when no need of it is pending, failed, refused or held.
 
 use crate::model::{Attempt, DesiredSet, OutboxItem};
 use crate::tenant::{AgentId, TenantId};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+use tether_proto::operator::Drift;
 use tether_proto::{ActionKind, Service};
 
 /// One action reconciliation wants.
@@ -44,7 +50,47 @@ pub struct Planned {
 pub struct Held {
     pub workload_key: String,
     pub kind: &'static str,
-    pub reason: &'static str,
+    pub reason: String,
+    /// False only for a need whose action succeeded and whose new state the
+    /// agent has yet to report: that is not drift.
+    pub lags: bool,
+}
+
+/// The capability an action kind requires of the agent (`requires_capability`).
+pub fn capability_for(kind: &str) -> &'static str {
+    match kind {
+        ActionKind::INSTRUMENT | ActionKind::UNINSTRUMENT => "ebpf",
+        ActionKind::ENABLE_PYTHON_SDK | ActionKind::DISABLE_PYTHON_SDK => "systemd",
+        _ => "",
+    }
+}
+
+/// What the agent reports it can do: its capabilities and, from newer agents,
+/// the action kinds it can run on its host.
+#[derive(Debug, Clone, Copy)]
+pub struct Abilities<'a> {
+    pub capabilities: &'a [String],
+    pub action_kinds: Option<&'a [String]>,
+}
+
+impl Abilities<'_> {
+    /// Why the agent cannot run `kind`, or `None` when it can.
+    pub fn cannot_run(&self, kind: &str) -> Option<String> {
+        if let Some(kinds) = self.action_kinds {
+            if !kinds.iter().any(|k| k == kind) {
+                return Some(format!(
+                    "the agent cannot run {kind} on its host (not among the action kinds it reports)"
+                ));
+            }
+        }
+        let cap = capability_for(kind);
+        if !cap.is_empty() && !self.capabilities.iter().any(|c| c == cap) {
+            return Some(format!(
+                "the agent lacks the capability {cap} that {kind} requires"
+            ));
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -100,6 +146,7 @@ pub struct Observed<'a> {
     /// Live outbox items.
     pub outbox: &'a [OutboxItem],
     pub attempts: &'a BTreeMap<String, Attempt>,
+    pub abilities: Abilities<'a>,
 }
 
 pub fn reconcile(
@@ -114,6 +161,7 @@ pub fn reconcile(
         services_hash,
         outbox,
         attempts,
+        abilities,
     } = *observed;
     let live: BTreeSet<(String, String)> = outbox
         .iter()
@@ -152,7 +200,17 @@ pub fn reconcile(
                 out.held.push(Held {
                     workload_key: svc.workload_key.clone(),
                     kind,
-                    reason: "succeeded; waiting for the agent to report the new state",
+                    reason: "succeeded; waiting for the agent to report the new state".into(),
+                    lags: false,
+                });
+                continue;
+            }
+            if let Some(reason) = abilities.cannot_run(kind) {
+                out.held.push(Held {
+                    workload_key: svc.workload_key.clone(),
+                    kind,
+                    reason,
+                    lags: true,
                 });
                 continue;
             }
@@ -160,7 +218,8 @@ pub fn reconcile(
                 out.held.push(Held {
                     workload_key: svc.workload_key.clone(),
                     kind,
-                    reason: "refused by the agent",
+                    reason: "refused by the agent".into(),
+                    lags: true,
                 });
                 continue;
             }
@@ -168,7 +227,8 @@ pub fn reconcile(
                 out.held.push(Held {
                     workload_key: svc.workload_key.clone(),
                     kind,
-                    reason: "retry budget exhausted",
+                    reason: format!("failed {count} time(s): retry budget exhausted"),
+                    lags: true,
                 });
                 continue;
             }
@@ -203,6 +263,53 @@ pub fn reconcile(
             });
         }
     }
+    out
+}
+
+/// Most drift reasons kept on an agent record (the item stays small).
+pub const MAX_DRIFT: usize = 16;
+
+/// The server's judgement of drift after a poll: reconcile run again over the
+/// state the poll leaves behind (`observed.outbox` includes what it queued).
+/// Every need of the desired state must have succeeded; what has not is a
+/// reason: a live reconcile action (waiting for its result), a need held
+/// (refused, budget spent on failures, the agent cannot run it) or one not
+/// queued yet. Incident actions are not desired state and never count.
+/// Deterministic, so an unchanged state yields identical reasons (no write).
+pub fn judge(
+    tenant: &TenantId,
+    agent: &AgentId,
+    desired: &DesiredSet,
+    observed: &Observed<'_>,
+    max_attempts: u32,
+) -> Vec<Drift> {
+    let outcome = reconcile(tenant, agent, desired, observed, max_attempts);
+    let mut out: Vec<Drift> = observed
+        .outbox
+        .iter()
+        .filter(|o| crate::incident::run::run_of_key(&o.action.idempotency_key).is_none())
+        .map(|o| Drift {
+            workload_key: o.action.target.clone(),
+            kind: o.action.kind.as_str().to_owned(),
+            reason: format!(
+                "attempt {} {}: waiting for the agent's result",
+                o.attempt,
+                o.state.as_str()
+            ),
+        })
+        .chain(outcome.held.into_iter().filter(|h| h.lags).map(|h| Drift {
+            workload_key: h.workload_key,
+            kind: h.kind.to_owned(),
+            reason: h.reason,
+        }))
+        .chain(outcome.planned.into_iter().map(|p| Drift {
+            workload_key: p.workload_key,
+            kind: p.kind.to_owned(),
+            reason: "not queued yet: planned for a later poll".into(),
+        }))
+        .collect();
+    out.sort_by(|a, b| (&a.workload_key, &a.kind).cmp(&(&b.workload_key, &b.kind)));
+    out.truncate(MAX_DRIFT);
     out
 }
 
@@ -316,7 +423,20 @@ mod tests {
             services_hash: hash,
             outbox,
             attempts,
+            abilities: Abilities {
+                capabilities: all_caps(),
+                action_kinds: None,
+            },
         }
+    }
+
+    /// An agent with every capability the reconcile kinds require.
+    fn all_caps() -> &'static [String] {
+        Box::leak(vec!["ebpf".to_owned(), "systemd".to_owned()].into_boxed_slice())
+    }
+
+    fn kinds_of(o: &Outcome) -> Vec<&'static str> {
+        kinds(o)
     }
 
     fn kinds(o: &Outcome) -> Vec<&'static str> {
@@ -487,7 +607,11 @@ mod tests {
             3,
         );
         assert!(spent.planned.is_empty());
-        assert_eq!(spent.held[0].reason, "retry budget exhausted");
+        assert!(
+            spent.held[0].reason.ends_with("retry budget exhausted"),
+            "{:?}",
+            spent.held[0]
+        );
         // The workload restarted: same key, new pid -> re-instrumented.
         let restarted = reconcile(
             &t,
@@ -557,5 +681,54 @@ mod tests {
         let other = TenantId::parse("other").expect("tenant");
         assert_ne!(x, action_identity(&other, &a, "w", "instrument", 1, 1, 0));
         assert!(x.0.starts_with("act_") && x.0.len() == 28);
+    }
+
+    #[test]
+    fn an_action_the_agent_cannot_run_is_held_without_spending_the_budget() {
+        let (t, a) = ids();
+        let k = "host:/usr/bin/python3";
+        let d = desired(
+            k,
+            Some(Instrumentation::Instrumented),
+            PythonSdk::Disabled,
+            1,
+        );
+        let services = [svc(k, 5, false, false)];
+        let none = BTreeMap::new();
+        // No eBPF: `instrument` requires it.
+        let proc_only = ["proc".to_owned()];
+        let mut o = obs(&services, "h", &[], &none);
+        o.abilities = Abilities {
+            capabilities: &proc_only,
+            action_kinds: None,
+        };
+        let got = reconcile(&t, &a, &d, &o, 3);
+        assert!(got.planned.is_empty());
+        assert_eq!(
+            got.held[0].reason,
+            "the agent lacks the capability ebpf that instrument requires"
+        );
+        assert!(got.held[0].lags);
+        assert_eq!(got.attempts, none, "no attempt counted");
+        // A newer agent that reports its kinds, without `instrument` among them.
+        let kinds = ["collect_evidence".to_owned()];
+        o.abilities = Abilities {
+            capabilities: all_caps(),
+            action_kinds: Some(&kinds),
+        };
+        let got = reconcile(&t, &a, &d, &o, 3);
+        assert!(got.planned.is_empty());
+        assert!(got.held[0].reason.contains("cannot run instrument"));
+        assert_eq!(got.attempts, none);
+        // Once it can, the need is planned with a fresh budget.
+        let kinds = ["instrument".to_owned()];
+        o.abilities.action_kinds = Some(&kinds);
+        let got = reconcile(&t, &a, &d, &o, 3);
+        assert_eq!(kinds_of(&got), vec!["instrument"]);
+        assert_eq!(got.planned[0].attempt, 1);
+        assert_eq!(
+            judge(&t, &a, &d, &o, 3)[0].reason,
+            "not queued yet: planned for a later poll"
+        );
     }
 }

@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tether_proto::operator::{
     ActionList, ActionStatus, AgentList, AgentSummary, ApiKeyInfo, ApiKeyList, ApplyRequest,
-    ApplyResponse, CreateApiKey, CreateEnrollmentToken, DesiredList, EnrollmentTokenInfo,
+    ApplyResponse, CreateApiKey, CreateEnrollmentToken, DesiredList, Drift, EnrollmentTokenInfo,
     EnrollmentTokenList, Instrumentation, Liveness, PythonSdk, ServiceList, ServiceStatus,
 };
 use tether_proto::{EnrollRequest, EnrollResponse, PollRequest, PollResponse, PROTOCOL_VERSION};
@@ -65,6 +65,8 @@ impl Default for Settings {
 /// One DynamoDB transaction: the revision item plus 99 workloads.
 pub const MAX_WORKLOADS_PER_APPLY: usize = 99;
 pub const MAX_WORKLOAD_KEY_LEN: usize = 256;
+/// Most action kinds an agent may report per poll.
+pub const MAX_ACTION_KINDS: usize = 64;
 const MAX_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 const DEFAULT_TOKEN_TTL_S: u64 = 24 * 3600;
 const MAX_TOKEN_USES: u32 = 10_000;
@@ -250,9 +252,12 @@ where
             .is_some_and(|s| s.len() > tether_proto::MAX_SERVICES_PER_POLL)
             || req.heartbeat.collectors.len() > tether_proto::MAX_COLLECTORS
             || req.heartbeat.vitals.len() > tether_proto::MAX_VITALS
+            || req.action_kinds.as_ref().is_some_and(|k| {
+                k.len() > MAX_ACTION_KINDS || k.iter().any(|x| x.is_empty() || x.len() > 64)
+            })
         {
             return Err(ControlError::Invalid(format!(
-                "at most {} services, {} collectors and {} vitals per poll",
+                "at most {} services, {} collectors, {} vitals and {MAX_ACTION_KINDS} action kinds (each 1 to 64 bytes) per poll",
                 tether_proto::MAX_SERVICES_PER_POLL,
                 tether_proto::MAX_COLLECTORS,
                 tether_proto::MAX_VITALS
@@ -281,7 +286,7 @@ where
             }
         };
         for h in &plan.held {
-            info!(tenant = %id.tenant, agent_id = %id.agent, workload = %h.workload_key, kind = h.kind, reason = h.reason, "reconcile need held");
+            info!(tenant = %id.tenant, agent_id = %id.agent, workload = %h.workload_key, kind = h.kind, reason = %h.reason, "reconcile need held");
         }
         // Incident actions that just finished: tell the executor now (its periodic
         // check is the safety net if this send is lost). Nothing is sent otherwise.
@@ -464,9 +469,25 @@ where
         }
     }
 
-    fn summary(&self, a: AgentRecord, now: u64) -> AgentSummary {
+    /// An agent as operators see it. `desired_revision` is the tenant's now; an
+    /// agent that has not polled since it changed lags with that reason.
+    fn summary(&self, a: AgentRecord, desired_revision: u64, now: u64) -> AgentSummary {
+        let liveness = self.liveness(&a, now);
+        let mut drift = a.drift;
+        if a.reconciled_revision < desired_revision && a.applied_revision < desired_revision {
+            drift.insert(
+                0,
+                Drift {
+                    workload_key: String::new(),
+                    kind: String::new(),
+                    reason: format!(
+                        "not reconciled yet: the agent has not polled since desired revision {desired_revision}"
+                    ),
+                },
+            );
+        }
         AgentSummary {
-            liveness: self.liveness(&a, now),
+            liveness,
             agent_id: a.agent_id.to_string(),
             hostname: a.hostname,
             agent_version: a.agent_version,
@@ -474,9 +495,12 @@ where
             poll_interval_ms: a.poll_interval_ms,
             enrolled_at_ms: a.enrolled_at_ms,
             applied_revision: a.applied_revision,
+            desired_revision,
+            drift,
             spool_depth: a.spool_depth,
             last_error: a.last_error,
             capabilities: a.capabilities,
+            action_kinds: a.action_kinds,
             revoked: a.revoked,
             collectors: a.collectors,
             vitals: a.vitals,
@@ -487,8 +511,12 @@ where
         require(p, Role::Viewer)?;
         let now = self.now();
         let agents = self.store.list_agents(&p.tenant).await?;
+        let desired = self.store.load_desired(&p.tenant).await?.revision;
         Ok(AgentList {
-            agents: agents.into_iter().map(|a| self.summary(a, now)).collect(),
+            agents: agents
+                .into_iter()
+                .map(|a| self.summary(a, desired, now))
+                .collect(),
         })
     }
 
@@ -504,7 +532,8 @@ where
             .load_view(&p.tenant, &id)
             .await?
             .ok_or(ControlError::NotFound("agent"))?;
-        Ok(self.summary(view.agent, self.now()))
+        let desired = self.store.load_desired(&p.tenant).await?.revision;
+        Ok(self.summary(view.agent, desired, self.now()))
     }
 
     pub async fn revoke_agent(&self, p: &Principal, agent_id: &str) -> Result<(), ControlError> {

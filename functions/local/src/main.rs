@@ -5,7 +5,9 @@
 //!   `GET /_local/aws-calls` (the AWS calls made so far, per operation; local only,
 //!   never deployed), and every incident role whose queue is configured as an SQS
 //!   consumer (`TETHER_LOCAL_RETRY_S`, default 2: how soon a failed message is
-//!   retried). Stops cleanly on SIGTERM or Ctrl-C.
+//!   retried; `TETHER_LOCAL_RECORD_OBSERVATIONS=FILE` appends every observation
+//!   message to FILE, the corpus the replay harness reads). Stops cleanly on
+//!   SIGTERM or Ctrl-C.
 //! - `tether-local bootstrap --tenant T [--uses N]`: creates an admin API key and an
 //!   enrollment token for a tenant directly in the table, and prints them as JSON:
 //!   the first credentials of a fresh installation.
@@ -152,6 +154,10 @@ async fn serve(config: &Config, clients: &Clients, addr: &str) -> Result<()> {
             queue_url: url.clone(),
             wait: Duration::from_secs(1),
             retry_after,
+            record: (*stage == tether_core::incident::artifact::Stage::Observer)
+                .then(|| std::env::var_os("TETHER_LOCAL_RECORD_OBSERVATIONS"))
+                .flatten()
+                .map(std::path::PathBuf::from),
         };
         consumers.push(tokio::spawn(c.run(
             chain.clone(),

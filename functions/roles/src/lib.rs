@@ -250,6 +250,9 @@ pub struct Consumer {
     /// How soon a failed message is visible again (Lambda: the queue's visibility
     /// timeout).
     pub retry_after: Duration,
+    /// Appends every message body received to this file, one per line (the
+    /// observer's: the telemetry corpus `tests/corpus/` replays). Dev loop only.
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl Consumer {
@@ -272,6 +275,9 @@ impl Consumer {
                         .unwrap_or(1),
                 })
                 .collect();
+            if let Some(path) = &self.record {
+                record(path, &batch);
+            }
             let failed = deliver(&chain, self.stage, &batch).await;
             let mut done = Vec::new();
             for m in &messages {
@@ -296,5 +302,22 @@ impl Consumer {
             tether_aws::sqs::delete_handled(&sqs, &self.queue_url, done).await;
         }
         tracing::info!(role = self.stage.as_str(), "consumer stopped");
+    }
+}
+
+/// Appends each body to `path`; a failure is logged, never fatal.
+fn record(path: &std::path::Path, batch: &[Delivery<'_>]) {
+    use std::io::Write;
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| {
+            batch
+                .iter()
+                .try_for_each(|d| writeln!(f, "{}", d.body.replace('\n', " ")))
+        });
+    if let Err(error) = r {
+        tracing::warn!(path = %path.display(), %error, "could not record messages");
     }
 }

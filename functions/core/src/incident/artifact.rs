@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 pub use tether_proto::incident::{
     Anomaly, Artifact, ArtifactKind, Body, ChainEntry, Decision, EvidenceRef, Hypothesis,
-    PriorAttempt, Proposal, RollbackStep, Safety, Signal, Stage, StepResult, Verdict, MAX_EXCERPTS,
-    MAX_EXCERPT_LEN, SCHEMA_VERSION,
+    PriorAttempt, Proposal, RollbackStep, Safety, Signal, Stage, StepResult, Unavailable, Verdict,
+    MAX_EXCERPTS, MAX_EXCERPT_LEN, SCHEMA_VERSION,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

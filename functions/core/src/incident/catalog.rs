@@ -6,8 +6,13 @@
 //!   signals), ties broken by rule name. An optional LLM may reword explanations;
 //!   nothing here reads its output.
 //! - Every proposal names its action, blast radius, safety class and rollback (when
-//!   one exists). Runbooks whose action already failed to help for the same
-//!   fingerprint are demoted to the end, with the reason in their rationale.
+//!   one exists), and each is a kind `tether-agent` implements, with the safety
+//!   class of what the agent really does (`docs/artifacts.md`, "Agent action
+//!   kinds"). Host-changing steps whose action already failed to help for the
+//!   same fingerprint are demoted to the end, with the reason in their rationale;
+//!   read-only steps are never demoted (they were not meant to change anything).
+//! - LLM rate limiting is not in the catalog: the agent has no mechanism it can
+//!   apply to a client's outbound calls and undo.
 
 use super::artifact::{
     Anomaly, EvidenceRef, Hypothesis, PriorAttempt, Proposal, RollbackStep, Safety, Signal, Verdict,
@@ -163,14 +168,16 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
         "memory_oom" | "memory_pressure" => vec![
             evidence("top_memory"),
             p(
-                "memory:restart-top-consumer",
-                "restart_service",
+                "memory:stop-top-consumer",
+                "signal_process",
                 subject,
-                json!({ "select": "top_rss" }),
-                "one service on one host",
+                json!({ "select": "top_rss", "signal": "TERM" }),
+                "one process on one host",
                 Safety::Impactful,
                 None,
-                "restart the largest memory consumer to release its memory",
+                "terminate the process with the largest resident memory to release it \
+                 (the agent chooses it when it runs, within the subject workload when it \
+                 is one, and never a protected process)",
             ),
         ],
         "cpu_saturation" => vec![
@@ -192,11 +199,12 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
                 "disk:rotate-logs",
                 "rotate_logs",
                 subject,
-                json!({ "mount": subject }),
-                "log files on one filesystem",
-                Safety::Reversible,
+                json!({ "mount": subject, "keep_mib": 16 }),
+                "the largest log files under the agent's allowed log directories on one filesystem",
+                Safety::Destructive,
                 None,
-                "compress and rotate logs to free space; nothing is deleted",
+                "truncate the largest allowed log files on this filesystem to their last 16 MiB \
+                 (in place, so writers keep their descriptors); what is cut is gone",
             ),
             p(
                 "disk:vacuum-journal",
@@ -262,28 +270,14 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
                 "one GPU",
                 Safety::Reversible,
                 Some(RollbackStep {
-                    action: "set_gpu_power_limit".into(),
-                    payload: json!({ "gpu": subject, "watts_pct": 100 }),
+                    action: "restore_gpu_power_limit".into(),
+                    payload: json!({ "gpu": subject }),
                 }),
                 "lower the power limit until cooling catches up",
             ),
         ],
-        "llm_error_storm" | "llm_latency" => vec![
-            evidence("llm_calls"),
-            p(
-                "llm:rate-limit",
-                "rate_limit_workload",
-                subject,
-                json!({ "max_rps": 5 }),
-                "one workload's outbound LLM calls",
-                Safety::Reversible,
-                Some(RollbackStep {
-                    action: "clear_rate_limit".into(),
-                    payload: json!({}),
-                }),
-                "slow the client down below the provider's limit",
-            ),
-        ],
+        // No client rate limit: the agent has nothing it could apply and undo.
+        "llm_error_storm" | "llm_latency" => vec![evidence("llm_calls")],
         "llm_uninstrumented" => vec![p(
             "llm:instrument",
             "instrument",
@@ -299,24 +293,28 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
         )],
         _ => vec![],
     };
-    // What did not help before goes last, and says so.
-    let failed = |action: &str| {
+    // What did not help before goes last, and says so. Read-only steps stay
+    // where they are: they never change the host, so they cannot have failed to.
+    let failed = |prop: &Proposal| {
+        if prop.safety == Safety::ReadOnly {
+            return 0;
+        }
         prior
             .iter()
             .filter(|a| {
-                a.action == action && matches!(a.verdict, Verdict::Unchanged | Verdict::Worse)
+                a.action == prop.action && matches!(a.verdict, Verdict::Unchanged | Verdict::Worse)
             })
             .count()
     };
     for prop in &mut out {
-        let n = failed(&prop.action);
+        let n = failed(prop);
         if n > 0 {
             prop.rationale.push_str(&format!(
                 "; tried {n} time(s) before for this fingerprint without improvement"
             ));
         }
     }
-    out.sort_by_key(|prop| failed(&prop.action) > 0);
+    out.sort_by_key(|prop| failed(prop) > 0);
     for (i, prop) in out.iter_mut().enumerate() {
         prop.step = i as u32 + 1;
     }
@@ -410,16 +408,99 @@ mod tests {
     }
 
     #[test]
-    fn what_failed_before_is_demoted() {
-        let h = &hypotheses(&[signal("llm_errors", "llm")], "w")[0];
-        let prior = [PriorAttempt {
-            run_id: "run_0".into(),
-            action: "collect_evidence".into(),
-            verdict: Verdict::Unchanged,
-        }];
+    fn what_failed_before_is_demoted_but_never_a_read_only_step() {
+        let h = &hypotheses(&[signal("disk_full", "root")], "w")[0];
+        let prior = [
+            PriorAttempt {
+                run_id: "run_0".into(),
+                action: "collect_evidence".into(),
+                verdict: Verdict::Unchanged,
+            },
+            PriorAttempt {
+                run_id: "run_0".into(),
+                action: "rotate_logs".into(),
+                verdict: Verdict::Unchanged,
+            },
+        ];
         let ps = proposals(h, "agt", &prior);
-        assert_eq!(ps[0].action, "rate_limit_workload");
-        assert_eq!(ps[1].action, "collect_evidence");
-        assert!(ps[1].rationale.contains("tried 1 time(s) before"));
+        let actions: Vec<&str> = ps.iter().map(|p| p.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            vec!["collect_evidence", "vacuum_journal", "rotate_logs"]
+        );
+        assert!(ps[2].rationale.contains("tried 1 time(s) before"));
+        assert!(!ps[0].rationale.contains("tried"));
+    }
+
+    #[test]
+    fn runbooks_use_only_kinds_the_agent_implements_with_its_real_safety() {
+        const AGENT_KINDS: &[&str] = &[
+            "collect_evidence",
+            "signal_process",
+            "stop_service",
+            "start_service",
+            "restart_service",
+            "rotate_logs",
+            "vacuum_journal",
+            "limit_workload",
+            "restore_workload_limit",
+            "set_gpu_power_limit",
+            "restore_gpu_power_limit",
+            "reset_gpu",
+            "instrument",
+            "uninstrument",
+        ];
+        for family in [
+            "oom_kill",
+            "memory_pressure",
+            "cpu_saturation",
+            "disk_full",
+            "io_stall",
+            "crash_loop",
+            "gpu_xid",
+            "gpu_memory",
+            "gpu_thermal",
+            "llm_errors",
+            "llm_latency",
+            "llm_uninstrumented",
+        ] {
+            let h = &hypotheses(&[signal(family, "gpu0")], "w")[0];
+            for p in proposals(h, "agt", &[]) {
+                assert!(
+                    AGENT_KINDS.contains(&p.action.as_str()),
+                    "{family}: {}",
+                    p.action
+                );
+                if let Some(rb) = &p.rollback {
+                    assert!(
+                        AGENT_KINDS.contains(&rb.action.as_str()),
+                        "{family}: {}",
+                        rb.action
+                    );
+                }
+                if p.action == "rotate_logs" {
+                    assert_eq!(p.safety, Safety::Destructive, "what is cut is gone");
+                }
+            }
+        }
+        let thermal = proposals(
+            &hypotheses(&[signal("gpu_thermal", "gpu0")], "w")[0],
+            "agt",
+            &[],
+        );
+        assert_eq!(
+            thermal[1].rollback,
+            Some(RollbackStep {
+                action: "restore_gpu_power_limit".into(),
+                payload: json!({ "gpu": "gpu0" }),
+            })
+        );
+        let memory = proposals(
+            &hypotheses(&[signal("memory_pressure", "host")], "w")[0],
+            "agt",
+            &[],
+        );
+        assert_eq!(memory[1].action, "signal_process");
+        assert_eq!(memory[1].payload["select"], "top_rss");
     }
 }

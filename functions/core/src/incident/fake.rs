@@ -16,7 +16,7 @@
 use super::artifact::{Addressed, Artifact, Stage};
 use super::policy::TenantPolicy;
 use super::port::{
-    ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
+    AgentKinds, ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
     EvidenceUploads, ExecutionCount, HostMarkers, Outbox, PolicyAdmin, PolicySource, PriorAttempts,
     Remember, RunIndex, Runs, StageQueue,
 };
@@ -42,6 +42,7 @@ pub struct State {
     audit: BTreeMap<String, Vec<AuditEntry>>,
     outbox: BTreeMap<Key3, OutboxItem>,
     done: BTreeMap<Key3, DoneItem>,
+    kinds: BTreeMap<Key2, Vec<String>>,
 }
 
 /// Every DynamoDB port of the chain, in memory. Clones share the same state.
@@ -84,6 +85,22 @@ impl MemStore {
 
     pub fn markers_of(&self, t: &TenantId, a: &AgentId) -> Option<Markers> {
         self.lock().markers.get(&k2(t, a.as_str())).cloned()
+    }
+
+    /// What an agent's poll reports it can run (`None`: it does not report).
+    pub fn set_agent_kinds(&self, t: &TenantId, a: &AgentId, kinds: Option<&[&str]>) {
+        let mut s = self.lock();
+        match kinds {
+            Some(k) => {
+                s.kinds.insert(
+                    k2(t, a.as_str()),
+                    k.iter().map(|x| (*x).to_owned()).collect(),
+                );
+            }
+            None => {
+                s.kinds.remove(&k2(t, a.as_str()));
+            }
+        }
     }
 
     /// What the poll does when an agent's final result arrives: the live item
@@ -339,6 +356,20 @@ impl Outbox for MemStore {
             .enter("finished_action")?
             .done
             .get(&k3(t, a, action_id))
+            .cloned())
+    }
+}
+
+impl AgentKinds for MemStore {
+    async fn agent_kinds(
+        &self,
+        t: &TenantId,
+        a: &AgentId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .enter("agent_kinds")?
+            .kinds
+            .get(&k2(t, a.as_str()))
             .cloned())
     }
 }

@@ -7,6 +7,8 @@ pub mod catalog;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod observe;
+#[cfg(any(test, feature = "fakes"))]
+pub mod offline;
 pub mod policy;
 pub mod port;
 pub mod roles;

@@ -16,6 +16,10 @@
 //! - Thresholds are absolute (a disk 95 % full) or trend breaks (a value more than
 //!   `trend_factor` times its recent mean, above a floor), never per-sample noise:
 //!   a trend needs at least `min_baseline` earlier windows.
+//! - Some signals must persist: CPU saturation opens a run only after it has
+//!   held, window after window, for `cpu_persist_ms` (5 minutes by default) and,
+//!   where the agent reports PSI, with tasks waiting for CPU; a break in the
+//!   windows starts the clock again. A routine build does not open a run.
 //! - Non-finite values are ignored.
 
 use super::artifact::Signal;
@@ -27,6 +31,12 @@ use tether_proto::TelemetryWindow;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thresholds {
     pub cpu_busy_pct: f64,
+    /// CPU saturation must hold this long, window after window, before a run
+    /// opens: a build or a batch job saturates a host for minutes by design.
+    pub cpu_persist_ms: u64,
+    /// ... and, where the agent reports PSI, tasks must be waiting for CPU
+    /// (`psi.cpu.some_avg10` at least this): busy without contention is no fault.
+    pub psi_cpu_some: f64,
     pub mem_used_pct: f64,
     pub fs_used_pct: f64,
     pub disk_busy_pct: f64,
@@ -44,6 +54,8 @@ impl Default for Thresholds {
     fn default() -> Self {
         Self {
             cpu_busy_pct: 95.0,
+            cpu_persist_ms: 300_000,
+            psi_cpu_some: 10.0,
             mem_used_pct: 92.0,
             fs_used_pct: 90.0,
             disk_busy_pct: 95.0,
@@ -62,6 +74,7 @@ impl Default for Thresholds {
 /// Watched metrics are kept per host; everything else in a window is dropped.
 fn watched(metric: &str) -> bool {
     metric == "cpu.busy_pct"
+        || metric == "psi.cpu.some_avg10"
         || metric == "mem.used_pct"
         || metric == "oom.kills"
         || metric == "disk.busy_pct"
@@ -94,6 +107,18 @@ pub struct HostState {
     /// same answer, so the run it opened is opened (idempotently) again.
     #[serde(default)]
     pub seen: VecDeque<(u64, Rising)>,
+    /// Since when (a window's start, ms) each signal that must persist has held
+    /// without a break.
+    #[serde(default)]
+    pub since: BTreeMap<String, u64>,
+}
+
+/// How long a family's condition must hold before it fires (0: at once).
+fn persistence(t: &Thresholds, family: &str) -> u64 {
+    match family {
+        "cpu_saturation" => t.cpu_persist_ms,
+        _ => 0,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -176,7 +201,22 @@ impl HostState {
             .filter(|(k, v)| v.is_finite() && watched(k))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let all = evaluate(t, &now, &w.events, &h.windows);
+        let held = evaluate(t, &now, &w.events, &h.windows);
+        // Signals that must persist fire only once they have held long enough.
+        let mut since = BTreeMap::new();
+        let all: Vec<Signal> = held
+            .into_iter()
+            .filter(|s| {
+                let need = persistence(t, &s.family);
+                if need == 0 {
+                    return true;
+                }
+                let start = h.since.get(&s.family).copied().unwrap_or(w.start_ms);
+                since.insert(s.family.clone(), start);
+                w.end_ms.saturating_sub(start) >= need
+            })
+            .collect();
+        h.since = since;
         let rising: Vec<Signal> = all
             .iter()
             .filter(|s| !h.firing.contains(&s.family))
@@ -234,7 +274,8 @@ pub fn evaluate(
         });
     };
     let get = |k: &str| m.get(k).copied();
-    if let Some(v) = get("cpu.busy_pct").filter(|v| *v >= t.cpu_busy_pct) {
+    let contended = get("psi.cpu.some_avg10").is_none_or(|p| p >= t.psi_cpu_some);
+    if let Some(v) = get("cpu.busy_pct").filter(|v| *v >= t.cpu_busy_pct && contended) {
         push("cpu_saturation", "cpu.busy_pct", v, t.cpu_busy_pct, "host");
     }
     let ooms = get("oom.kills").unwrap_or(0.0);
@@ -432,6 +473,64 @@ mod tests {
                 "{metrics:?}"
             );
         }
+    }
+
+    /// 1-second windows from `start_s`, each with `metrics`.
+    fn second(seq: u64, metrics: &[(&str, f64)]) -> TelemetryWindow {
+        TelemetryWindow {
+            seq,
+            start_ms: seq * 1000,
+            end_ms: (seq + 1) * 1000,
+            metrics: metrics.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn cpu_saturation_must_persist_with_contention_before_it_opens() {
+        let t = Thresholds::default();
+        let mut h = HostState::default();
+        let busy = [("cpu.busy_pct", 99.0), ("psi.cpu.some_avg10", 45.0)];
+        // A one-minute burst (a build): nothing, and the clock stops with it.
+        for s in 0..60 {
+            assert!(h.observe(&t, 10, &second(s, &busy)).signals.is_empty());
+        }
+        assert!(h
+            .observe(&t, 10, &second(60, &[("cpu.busy_pct", 20.0)]))
+            .signals
+            .is_empty());
+        assert!(h.since.is_empty());
+        // Busy without contention (PSI low) never counts.
+        for s in 61..500 {
+            let r = h.observe(
+                &t,
+                10,
+                &second(s, &[("cpu.busy_pct", 99.0), ("psi.cpu.some_avg10", 2.0)]),
+            );
+            assert!(r.signals.is_empty(), "{s}");
+        }
+        // Sustained and contended: opens once, at five minutes.
+        let mut opened = vec![];
+        for s in 500..900 {
+            if !h.observe(&t, 10, &second(s, &busy)).signals.is_empty() {
+                opened.push(s);
+            }
+        }
+        assert_eq!(
+            opened,
+            vec![799],
+            "300 s after the first busy window (500..=799)"
+        );
+        // Without PSI from the agent, sustained busy alone counts.
+        let mut g = HostState::default();
+        let fired: Vec<u64> = (0..400)
+            .filter(|s| {
+                !g.observe(&t, 10, &second(*s, &[("cpu.busy_pct", 97.0)]))
+                    .signals
+                    .is_empty()
+            })
+            .collect();
+        assert_eq!(fired, vec![299]);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`PriorAttempts`] / [`Remember`] | Query / PutItem | analyzer / memory |
 //! | [`AuditTrail`] / [`AuditReads`] | PutItem / Query | every role, api / api |
 //! | [`Outbox`] | conditional PutItem, GetItem | executor, verifier |
+//! | [`AgentKinds`] | GetItem (the agent's record) | planner, executor |
 //! | [`ArtifactStore`] | S3 GetObject, PutObject | every role, api |
 //! | [`EvidenceUploads`] | presigned S3 PutObject | executor |
 //! | [`StageQueue`] | SQS SendMessage to [`Stage::sends_to`] | every role |
@@ -184,6 +185,18 @@ pub trait Outbox: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<DoneItem>, StoreError>> + Send;
 }
 
+/// What the subject's agent can run: the action kinds it last reported (its
+/// allow-list ∩ what it implements ∩ what its host offers), from its record.
+pub trait AgentKinds: Send + Sync + 'static {
+    /// `None` when the agent does not report its kinds (an older agent) or has
+    /// no record.
+    fn agent_kinds(
+        &self,
+        t: &TenantId,
+        a: &AgentId,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
+}
+
 /// Every DynamoDB port: what an adapter implements.
 pub trait IncidentStore:
     Runs
@@ -200,6 +213,7 @@ pub trait IncidentStore:
     + AuditTrail
     + AuditReads
     + Outbox
+    + AgentKinds
 {
 }
 
@@ -218,6 +232,7 @@ impl<T> IncidentStore for T where
         + AuditTrail
         + AuditReads
         + Outbox
+        + AgentKinds
 {
 }
 

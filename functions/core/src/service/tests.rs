@@ -420,9 +420,12 @@ async fn api_keys_authenticate_by_role_and_stop_when_revoked() {
     let p = rig.cp.authenticate_operator(&key).await.expect("auth");
     assert_eq!((p.role, p.tenant.as_str()), (Role::Operator, "acme"));
     let mut forged = key.clone();
-    forged.pop();
-    forged.push('0');
-    assert!(rig.cp.authenticate_operator(&forged).await.is_err());
+    let last = forged.pop();
+    forged.push(if last == Some('0') { '1' } else { '0' });
+    assert!(matches!(
+        rig.cp.authenticate_operator(&forged).await,
+        Err(ControlError::InvalidCredential)
+    ));
     assert!(matches!(
         rig.cp.authenticate_operator("Bearer nonsense").await,
         Err(ControlError::Unauthenticated(_))
@@ -480,4 +483,63 @@ async fn services_reported_once_are_listed_for_the_tenant_only() {
         .expect("list")
         .services
         .is_empty());
+}
+
+#[tokio::test]
+async fn agents_show_why_their_applied_revision_lags_and_the_steady_poll_still_writes_nothing() {
+    let rig = Rig::new();
+    let (id, cred) = rig.enrolled().await;
+    let w = DesiredWorkload {
+        workload_key: "systemd:chat.service".into(),
+        instrumentation: Instrumentation::Instrumented,
+        python_sdk: PythonSdk::Disabled,
+        llm_content: Default::default(),
+    };
+    rig.cp
+        .apply(&rig.admin(), ApplyRequest { workloads: vec![w] })
+        .await
+        .expect("apply");
+    // Not polled since: it lags because it has not been reconciled.
+    let listed = rig.cp.list_agents(&rig.admin()).await.expect("list");
+    let a = &listed.agents[0];
+    assert_eq!((a.applied_revision, a.desired_revision), (0, 1));
+    assert!(a.drift[0].reason.starts_with("not reconciled yet"), "{a:?}");
+
+    // The agent reports the workload, and kinds without `instrument`; it claims
+    // revision 1 applied.
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "workload_key": "systemd:chat.service",
+        "pid": 42,
+    }))
+    .expect("service");
+    let mut req = poll(&id, 1);
+    req.services = Some(vec![svc.clone()]);
+    req.services_hash = tether_proto::services_hash(&[svc]);
+    req.action_kinds = Some(vec!["collect_evidence".into(), "signal_process".into()]);
+    req.applied_revision = 1;
+    let r = rig.cp.poll(&cred, req.clone()).await.expect("poll");
+    assert!(r.actions.is_empty(), "held, not queued");
+    let stored = rig.agent(&id);
+    assert_eq!(stored.action_kinds, req.action_kinds);
+    assert!(stored.attempts.is_empty(), "no retry budget spent");
+    let a = rig.cp.get_agent(&rig.admin(), &id).await.expect("agent");
+    assert_eq!((a.applied_revision, a.desired_revision), (0, 1));
+    assert_eq!(a.drift.len(), 1, "{a:?}");
+    assert_eq!(
+        (a.drift[0].workload_key.as_str(), a.drift[0].kind.as_str()),
+        ("systemd:chat.service", "instrument")
+    );
+    assert!(a.drift[0].reason.contains("cannot run instrument"));
+    assert_eq!(a.action_kinds, req.action_kinds);
+
+    // Steady: one read and no write, even while lagging.
+    rig.fleet.take_calls();
+    for seq in 2..4 {
+        rig.clock.advance(5_000);
+        let mut again = req.clone();
+        again.seq = seq;
+        again.services = None;
+        rig.cp.poll(&cred, again).await.expect("steady poll");
+    }
+    assert_eq!(rig.fleet.take_calls(), ["load_view"; 2]);
 }

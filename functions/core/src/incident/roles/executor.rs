@@ -1,9 +1,13 @@
 //! The executor: queues approved steps in agents' outboxes and collects their results; never touches a host.
+//!
+//! Invariant: a step whose kind the agent no longer reports among the kinds it
+//! can run (re-read at queue time: the host may have changed since the plan) is
+//! never queued; it is recorded in the run as `refused`, with the reason.
 
 use super::*;
 
 impl<
-        S: Runs + Outbox + CountExecution + AuditTrail,
+        S: Runs + Outbox + CountExecution + AgentKinds + AuditTrail,
         A: ArtifactStore + EvidenceUploads,
         Q: StageQueue,
         C: Clock,
@@ -53,6 +57,7 @@ impl<
         }
         let start = m.approval.as_ref().map_or(plan.created_at_ms, |a| a.at_ms);
         let agent = AgentId::parse(&m.agent_id).map_err(|e| perm(e.to_string()))?;
+        let kinds = self.store.agent_kinds(t, &agent).await?;
         let mut actions = Vec::new();
         for d in decisions.iter().filter(|d| d.verdict != "block") {
             let Some(p) = proposals.iter().find(|p| p.step == d.step) else {
@@ -60,6 +65,38 @@ impl<
             };
             let id = action_id(run, d.step);
             let key = idempotency_key(run, d.step);
+            // Refused once (a redelivery keeps the refusal), or the agent lost the kind.
+            let refusal = m
+                .actions
+                .iter()
+                .find(|a| a.action_id == id && a.state == "refused")
+                .map(|a| a.message.clone())
+                .or_else(|| {
+                    kinds
+                        .as_ref()
+                        .filter(|k| !k.contains(&p.action))
+                        .map(|_| {
+                            format!(
+                                "not queued: the agent no longer reports {} among the action kinds it can run on its host",
+                                p.action
+                            )
+                        })
+                });
+            if let Some(message) = refusal {
+                actions.push(RunAction {
+                    step: d.step,
+                    action: p.action.clone(),
+                    action_id: id,
+                    agent_id: m.agent_id.clone(),
+                    idempotency_key: key,
+                    mode: d.mode.clone(),
+                    state: "refused".into(),
+                    message,
+                    finished_at_ms: start,
+                    rollback: false,
+                });
+                continue;
+            }
             let mut payload = p.payload.clone();
             if p.action == "collect_evidence" && d.mode == "execute" {
                 // Where the agent uploads its bundle: a presigned PUT, valid as long

@@ -1,4 +1,6 @@
 //! Memory: what ran and how it went, for later plans; closes the run.
+//!
+//! Invariant: only steps that ran (succeeded) are remembered with the verdict.
 
 use super::*;
 
@@ -33,10 +35,13 @@ impl<S: Runs + Remember + HostMarkers + AuditTrail, A: ArtifactStore, Q: StageQu
             m.fingerprint.clone()
         };
         if let Some(v) = verdict {
+            // Only steps that ran: a refused, failed, expired or dry-run step did
+            // nothing the verdict could speak for, so it is not remembered (and
+            // never demoted on later runs for it).
             let actions: Vec<String> = m
                 .actions
                 .iter()
-                .filter(|a| !a.rollback && a.state != "expired")
+                .filter(|a| !a.rollback && a.state == "succeeded")
                 .map(|a| a.action.clone())
                 .collect();
             self.store

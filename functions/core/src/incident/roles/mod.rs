@@ -40,7 +40,7 @@ use super::catalog;
 use super::observe::Thresholds;
 use super::policy::{Gate, PolicyError, TenantPolicy};
 use super::port::{
-    ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
+    AgentKinds, ArtifactStore, AuditReads, AuditTrail, CountExecution, EvidenceLog, EvidenceReads,
     EvidenceUploads, ExecutionCount, HostMarkers, IncidentStore, Outbox, PolicyAdmin, PolicySource,
     PriorAttempts, Remember, RunIndex, Runs, StageQueue,
 };

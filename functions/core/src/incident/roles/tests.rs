@@ -161,10 +161,21 @@ impl Rig {
 
     /// The agent finishes every live action; the poll tells the executor.
     async fn agent_finishes(&mut self, state: FinalState) -> usize {
+        self.agent_answers(|_| state).await
+    }
+
+    /// The agent finishes every live action with the state `f` gives its kind
+    /// (a dry run always ends as one).
+    async fn agent_answers(&mut self, f: impl Fn(&str) -> FinalState) -> usize {
         let live = self.store.outbox(&self.t);
         let mut runs = std::collections::BTreeSet::new();
         for (agent, item) in &live {
             let a = AgentId::parse(agent).expect("agent");
+            let state = if item.action.mode == tether_proto::ActionMode::DryRun {
+                FinalState::DryRun
+            } else {
+                f(item.action.kind.as_str())
+            };
             assert!(self
                 .store
                 .finish(&self.t, &a, &item.action.id, state, self.clock.now_ms()));
@@ -199,8 +210,63 @@ impl Rig {
         m.chain.iter().map(|l| l.kind.as_str()).collect()
     }
 
+    async fn set_policy(&self, settings: crate::incident::policy::Settings) {
+        self.store
+            .put_policy(
+                &self.t,
+                &TenantPolicy {
+                    settings,
+                    rego: None,
+                },
+            )
+            .await
+            .expect("policy");
+    }
+
+    /// The tenant lets approved destructive steps run, for real.
+    async fn allow_destructive(&self) {
+        self.set_policy(crate::incident::policy::Settings {
+            dry_run: Some(false),
+            allow_destructive: Some(true),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// A disk filling up until a run awaits approval; returns it.
+    async fn disk_fills(&mut self) -> RunManifest {
+        assert!(self.observe(1, 50.0).await.is_empty());
+        self.clock.advance(30_000);
+        assert_eq!(self.observe(2, 97.0).await.len(), 1);
+        self.pump().await;
+        let m = self.only_run();
+        assert_eq!(m.status, RunStatus::AwaitingApproval, "{m:?}");
+        m
+    }
+
+    async fn approve(&mut self, run: &str) {
+        self.chain
+            .decide(&self.operator(), run, true, "go")
+            .await
+            .expect("approve");
+        self.pump().await;
+    }
+
+    async fn proposal(&self, m: &RunManifest) -> Artifact {
+        let id = &m
+            .link(ArtifactKind::RemediationProposal)
+            .expect("proposal")
+            .id;
+        self.arts
+            .get(&self.t, id)
+            .await
+            .expect("read")
+            .expect("stored")
+    }
+
     /// A disk filling up, approved, fixed by the agent, verified and remembered.
     async fn disk_full_run(&mut self) -> RunManifest {
+        self.allow_destructive().await;
         assert!(self.observe(1, 50.0).await.is_empty());
         self.clock.advance(30_000);
         let opened = self.observe(2, 97.0).await;
@@ -546,4 +612,200 @@ async fn operator_reads_are_scoped_to_the_tenant() {
         2,
         "the opening window and the one after the fix"
     );
+}
+
+#[tokio::test]
+async fn the_planner_proposes_only_what_the_agent_can_run_and_names_the_better_step_it_cannot() {
+    // An older agent that does not report its kinds: the whole runbook, with a note.
+    let mut rig = Rig::new();
+    let m = rig.disk_fills().await;
+    let Body::RemediationProposal {
+        proposals,
+        unavailable,
+        note,
+        ..
+    } = rig.proposal(&m).await.body
+    else {
+        panic!("not a proposal")
+    };
+    let actions: Vec<&str> = proposals.iter().map(|p| p.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["collect_evidence", "rotate_logs", "vacuum_journal"]
+    );
+    assert!(unavailable.is_empty());
+    assert!(note.expect("note").contains("did not report"));
+
+    // A host without journald (and no log directories allowed): only evidence
+    // can run; the better steps are listed with the reason.
+    let mut rig = Rig::new();
+    rig.store.set_agent_kinds(
+        &rig.t,
+        &rig.agent,
+        Some(&["collect_evidence", "signal_process"]),
+    );
+    let m = rig.disk_fills().await;
+    let Body::RemediationProposal {
+        proposals,
+        unavailable,
+        note,
+        ..
+    } = rig.proposal(&m).await.body
+    else {
+        panic!("not a proposal")
+    };
+    let steps: Vec<(u32, &str)> = proposals
+        .iter()
+        .map(|p| (p.step, p.action.as_str()))
+        .collect();
+    assert_eq!(steps, [(1, "collect_evidence")]);
+    let left: Vec<&str> = unavailable.iter().map(|u| u.action.as_str()).collect();
+    assert_eq!(left, ["rotate_logs", "vacuum_journal"]);
+    assert!(
+        unavailable[0]
+            .reason
+            .contains("the agent cannot run rotate_logs on its host"),
+        "{unavailable:?}"
+    );
+    assert_eq!(unavailable[0].runbook, "disk:rotate-logs");
+    assert_eq!(note, None);
+}
+
+#[tokio::test]
+async fn the_executor_never_queues_a_kind_the_agent_lost_and_records_the_refusal() {
+    let mut rig = Rig::new();
+    rig.allow_destructive().await;
+    let all = ["collect_evidence", "rotate_logs", "vacuum_journal"];
+    rig.store.set_agent_kinds(&rig.t, &rig.agent, Some(&all));
+    let m = rig.disk_fills().await;
+    // Between the plan and the approval, journald went away on the host.
+    rig.store.set_agent_kinds(
+        &rig.t,
+        &rig.agent,
+        Some(&["collect_evidence", "rotate_logs"]),
+    );
+    rig.approve(&m.run_id).await;
+    let queued: Vec<String> = rig
+        .store
+        .outbox(&rig.t)
+        .into_iter()
+        .map(|(_, o)| o.action.kind.as_str().to_owned())
+        .collect();
+    assert_eq!(queued, ["collect_evidence", "rotate_logs"]);
+    let m = rig.only_run();
+    let vacuum = m
+        .actions
+        .iter()
+        .find(|a| a.action == "vacuum_journal")
+        .expect("recorded in the run");
+    assert_eq!(vacuum.state, "refused");
+    assert!(
+        vacuum.message.contains("no longer reports vacuum_journal"),
+        "{}",
+        vacuum.message
+    );
+    // The refusal is a finished step: the run completes once the others do.
+    rig.agent_finishes(FinalState::Succeeded).await;
+    let m = rig.only_run();
+    assert_eq!(m.status, RunStatus::Verifying, "{m:?}");
+    let now = rig.clock.now_ms();
+    assert_eq!(
+        rig.store
+            .executions_this_hour(&rig.t, now)
+            .await
+            .expect("count"),
+        2,
+        "a refused step is not counted"
+    );
+}
+
+#[tokio::test]
+async fn a_fault_cleared_after_the_fix_was_refused_is_credited_to_no_action_and_memory_keeps_only_what_ran(
+) {
+    let mut rig = Rig::new();
+    rig.allow_destructive().await;
+    let m = rig.disk_fills().await;
+    rig.approve(&m.run_id).await;
+    // Evidence is collected; the rotation is refused, the vacuum fails.
+    rig.agent_answers(|kind| match kind {
+        "collect_evidence" => FinalState::Succeeded,
+        "rotate_logs" => FinalState::Refused,
+        _ => FinalState::Failed,
+    })
+    .await;
+    assert_eq!(rig.only_run().status, RunStatus::Verifying);
+    // Someone freed the disk by hand.
+    rig.clock.advance(30_000);
+    rig.observe(3, 40.0).await;
+    rig.elapse(60_000, Stage::Verifier).await;
+    let m = rig.only_run();
+    assert_eq!(m.status, RunStatus::Closed);
+    assert_eq!(m.outcome, "inconclusive");
+    let id = &m
+        .link(ArtifactKind::VerificationResult)
+        .expect("verdict")
+        .id;
+    let v = rig
+        .arts
+        .get(&rig.t, id)
+        .await
+        .expect("read")
+        .expect("stored");
+    let Body::VerificationResult { verdict, why, .. } = v.body else {
+        panic!("not a verdict")
+    };
+    assert_eq!(verdict, Verdict::Inconclusive);
+    assert!(why.contains("credited to no action"), "{why}");
+    assert!(why.contains("no action changed the host"), "{why}");
+    let prior = rig
+        .store
+        .prior_attempts(&rig.t, &m.fingerprint)
+        .await
+        .expect("prior");
+    assert_eq!(
+        prior[0].actions,
+        ["collect_evidence"],
+        "refused and failed steps are not remembered"
+    );
+
+    // The next episode keeps the runbook's order: nothing that did not run is demoted.
+    rig.clock.advance(30_000);
+    rig.observe(4, 50.0).await;
+    rig.clock.advance(30_000);
+    assert_eq!(rig.observe(5, 96.0).await.len(), 1);
+    rig.pump().await;
+    let second = rig
+        .store
+        .runs()
+        .into_iter()
+        .find(|r| r.run_id != m.run_id)
+        .expect("second run");
+    let Body::RemediationProposal { proposals, .. } = rig.proposal(&second).await.body else {
+        panic!("not a proposal")
+    };
+    let actions: Vec<&str> = proposals.iter().map(|p| p.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["collect_evidence", "rotate_logs", "vacuum_journal"]
+    );
+    assert!(proposals.iter().all(|p| !p.rationale.contains("tried")));
+}
+
+#[tokio::test]
+async fn a_successful_read_only_step_alone_is_not_credited() {
+    let mut rig = Rig::new();
+    // Dry-run off, destructive steps blocked (the default): only evidence runs.
+    rig.set_policy(crate::incident::policy::Settings {
+        dry_run: Some(false),
+        ..Default::default()
+    })
+    .await;
+    let m = rig.disk_fills().await;
+    rig.approve(&m.run_id).await;
+    assert_eq!(rig.agent_finishes(FinalState::Succeeded).await, 1);
+    rig.clock.advance(30_000);
+    rig.observe(3, 40.0).await;
+    rig.elapse(60_000, Stage::Verifier).await;
+    let m = rig.only_run();
+    assert_eq!(m.outcome, "inconclusive", "{m:?}");
 }

@@ -1,4 +1,8 @@
 //! The verifier: compares evidence before and after the action.
+//!
+//! Invariant: only a host-changing step (not read-only) that succeeded can be
+//! credited. When none did (dry runs, read-only steps, refusals, failures,
+//! blocks), a recovery is `inconclusive` and says why, and no rollback is queued.
 
 use super::*;
 
@@ -36,7 +40,24 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
         if points.is_empty() && *attempt < self.cfg.verify_attempts {
             return self.verify_later(t, run, attempt + 1).await;
         }
-        let changed_host = steps.iter().any(|s| s.state == "succeeded");
+        let (_, prop) = self
+            .linked(t, &m, ArtifactKind::RemediationProposal)
+            .await?;
+        let Body::RemediationProposal { proposals, .. } = &prop.body else {
+            return Err(perm("remediation_proposal link points at another kind"));
+        };
+        // Host-changing steps that succeeded: only these can be credited.
+        let credited: Vec<&StepResult> = steps
+            .iter()
+            .filter(|s| {
+                s.state == "succeeded"
+                    && proposals
+                        .iter()
+                        .find(|p| p.step == s.step)
+                        .is_some_and(|p| p.safety != crate::incident::artifact::Safety::ReadOnly)
+            })
+            .collect();
+        let changed_host = !credited.is_empty();
         let before = signal.value;
         let after = points
             .last()
@@ -52,7 +73,16 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
             ),
             Some(v) => {
                 let counter = signal.threshold == 0.0;
-                if (counter && v == 0.0) || (!counter && v < signal.threshold) {
+                if ((counter && v == 0.0) || (!counter && v < signal.threshold)) && !changed_host {
+                    (
+                        Verdict::Inconclusive,
+                        format!(
+                            "{} went from {before:.1} to {v:.1}, under the threshold {:.1}, but not \
+                             through this run: the recovery is credited to no action",
+                            signal.metric, signal.threshold
+                        ),
+                    )
+                } else if (counter && v == 0.0) || (!counter && v < signal.threshold) {
                     (
                         Verdict::Improved,
                         format!(
@@ -77,16 +107,16 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
             }
         };
         if !changed_host {
-            why.push_str("; no action changed the host (dry run, refused, failed or blocked), so any change is not the action's doing");
+            why.push_str(
+                "; no action changed the host (no host-changing step succeeded: only dry runs, \
+                 read-only steps, refusals, failures or blocks), so any change is not the action's doing",
+            );
         }
         let mut rollback = None;
         if verdict == Verdict::Worse && changed_host {
-            let (_, prop) = self
-                .linked(t, &m, ArtifactKind::RemediationProposal)
-                .await?;
-            if let Body::RemediationProposal { proposals, .. } = &prop.body {
+            {
                 let agent = AgentId::parse(&m.agent_id).map_err(|e| perm(e.to_string()))?;
-                for s in steps.iter().filter(|s| s.state == "succeeded") {
+                for s in credited.iter().copied() {
                     let Some(rb) = proposals
                         .iter()
                         .find(|p| p.step == s.step)

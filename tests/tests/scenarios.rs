@@ -1,0 +1,380 @@
+//! Real faults on this machine, diagnosed from the real agent's own telemetry
+//! and fixed by the real agent (issue 12): the run opens from the agent's
+//! windows, the top hypothesis names the fault, the plan holds only steps the
+//! agent says it can run, the tenant's policy asks for approval, the approved
+//! action changes the host, the fault clears, and the verifier's verdict comes
+//! from the agent's windows after the action. No scripted agent anywhere.
+//!
+//! Needs root (tmpfs mounts, the agent's eBPF and remediation), as the eBPF and
+//! console suites do.
+
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tether_e2e::llm::{agent_config, require_root, wait_for, world, Proc};
+use tether_e2e::replay::{load, replay, save, Scenario};
+use tether_e2e::{unique_name, Emulator, Runner, Stack};
+
+/// One scenario at a time: they share this host, and one's fault (a full
+/// filesystem, a busy CPU) is in the other's telemetry.
+static HOST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where the telemetry of a scenario is recorded (tether-local's observer
+/// consumer appends every observation message to it).
+fn recording(name: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join(unique_name(name))
+        .with_extension("jsonl")
+}
+
+/// The scenario's recording replayed offline must reach what the live run
+/// reached; with `TETHER_RECORD_CORPUS` set it also joins `tests/corpus/`.
+async fn replays_as_recorded(s: &Scenario, file: &Path) {
+    let messages = load(file);
+    assert!(
+        !messages.is_empty(),
+        "nothing recorded in {}",
+        file.display()
+    );
+    let out = replay(s, &messages).await.expect("replay");
+    assert!(
+        s.fault.iter().all(|f| out.families.contains(f)),
+        "{}: replay opened {:?}",
+        s.name,
+        out.families
+    );
+    assert_eq!(
+        out.top1, s.hypothesis,
+        "{}: top-1 hypothesis in replay",
+        s.name
+    );
+    assert_eq!(out.verdict, s.verdict, "{}: verdict in replay", s.name);
+    assert_eq!(out.unapproved_impactful, 0);
+    if std::env::var_os("TETHER_RECORD_CORPUS").is_some() {
+        save(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"),
+            s,
+            file,
+        );
+    }
+}
+
+/// A tmpfs of `size_mib`, unmounted (lazily) when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size_mib: u32) -> Self {
+        let path = PathBuf::from("/mnt").join(unique_name("tether-scn"));
+        std::fs::create_dir_all(&path).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { path }
+    }
+
+    /// The filesystem as the agent's telemetry names it (`fs.<name>.used_pct`).
+    fn telemetry_name(&self) -> String {
+        self.path
+            .display()
+            .to_string()
+            .trim_matches('/')
+            .replace(['/', '.', ' '], "_")
+    }
+
+    fn used_pct(&self) -> f64 {
+        let out = Command::new("df")
+            .args(["-P"])
+            .arg(&self.path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|c| c.trim_end_matches('%').parse().ok())
+            .expect("df capacity")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Appends `mib` MiB of log lines to `file`.
+fn prefill(file: &Path, mib: usize) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("log");
+    let line = format!(
+        "{:<99}\n",
+        "2026-12-06T10:00:00Z GET /v1/chat 200 request served"
+    );
+    let block = line.repeat(10_486); // ~1 MiB
+    for _ in 0..mib {
+        f.write_all(block.as_bytes()).expect("fill");
+    }
+}
+
+fn runs(http: &tether_e2e::Http, key: &str) -> Vec<Value> {
+    http.get("/v1/runs", Some(key)).json["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn artifact(http: &tether_e2e::Http, key: &str, run: &Value, kind: &str) -> Value {
+    let id = run["chain"]
+        .as_array()
+        .and_then(|c| c.iter().find(|l| l["kind"] == kind))
+        .and_then(|l| l["id"].as_str())
+        .unwrap_or_else(|| panic!("run has no {kind}: {run}"))
+        .to_owned();
+    http.get(&format!("/v1/artifacts/{id}"), Some(key)).json
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
+    require_root();
+    let _host = HOST.lock().await;
+    let w = world();
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let record = recording("disk-full");
+    let runner = Runner::start(
+        emu,
+        &stack,
+        &[
+            (
+                "TETHER_LOCAL_RECORD_OBSERVATIONS",
+                record.to_str().expect("path"),
+            ),
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+            ("TETHER_VERIFY_DELAY_S", "3"),
+            ("TETHER_CHECK_ACTIONS_S", "2"),
+            ("TETHER_LOCAL_RETRY_S", "1"),
+        ],
+    );
+    let (key, token) = runner.bootstrap("scenario-disk");
+    let http = runner.http();
+    // The tenant lets destructive steps run once approved (rotate_logs cuts data).
+    let tenant_policy = json!({"settings": {"dry_run": false, "allow_destructive": true}});
+    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
+    assert_eq!(policy.status, 200, "{:?}", policy.json);
+
+    let fs = Tmpfs::mount(256);
+    let logs = fs.path.join("app");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let log = logs.join("app.log");
+    // A service that keeps appending to its log through one descriptor.
+    let writer = Proc(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec >>{}; while :; do echo \"$(date +%s%N) request served\"; sleep 0.05; done",
+                log.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("writer"),
+    );
+
+    let agent = agent_config(
+        &runner,
+        &token,
+        &w,
+        json!({
+            "allowed_actions": ["collect_evidence", "rotate_logs", "vacuum_journal", "signal_process"],
+            "log_dirs": [logs],
+        }),
+    );
+    agent.enroll();
+    let _running = agent.run(&[]);
+    let metric = format!("fs.{}.used_pct", fs.telemetry_name());
+    // A few normal windows first, then the disk fills.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        runs(&http, &key).is_empty(),
+        "no run before the fault: {:?}",
+        runs(&http, &key)
+    );
+    prefill(&log, 240);
+    let filled = fs.used_pct();
+    assert!(filled >= 93.0, "the tmpfs is {filled} % full");
+
+    let run = wait_for("a disk_full run awaiting approval", 90, || {
+        runs(&http, &key)
+            .into_iter()
+            .find(|r| r["family"] == "disk_full" && r["status"] == "awaiting_approval")
+    });
+    let id = run["run_id"].as_str().expect("run id").to_owned();
+    let obs = artifact(&http, &key, &run, "observation_summary");
+    assert_eq!(
+        obs["body"]["signals"][0]["metric"],
+        metric.as_str(),
+        "{obs}"
+    );
+    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "disk_full", "{hyp}");
+    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    let steps: Vec<&str> = proposal["body"]["proposals"]
+        .as_array()
+        .expect("proposals")
+        .iter()
+        .filter_map(|p| p["action"].as_str())
+        .collect();
+    assert!(steps.contains(&"rotate_logs"), "{proposal}");
+    assert!(
+        !steps.contains(&"vacuum_journal"),
+        "no journald here: the agent does not offer vacuum_journal, so it is not planned: {proposal}"
+    );
+    let plan = artifact(&http, &key, &run, "execution_plan");
+    assert_eq!(plan["body"]["outcome"], "awaiting_approval", "{plan}");
+
+    let approved = http.post(
+        &format!("/v1/runs/{id}/approve"),
+        Some(&key),
+        &json!({"comment": "free the disk"}),
+    );
+    assert_eq!(approved.status, 200, "{:?}", approved.json);
+
+    let closed = wait_for("the run closed", 120, || {
+        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
+        (r["status"] == "closed").then_some(r)
+    });
+    assert_eq!(
+        closed["outcome"],
+        "resolved",
+        "{closed}\nagent log:\n{}",
+        agent.log()
+    );
+    let verification = artifact(&http, &key, &closed, "verification_result");
+    assert_eq!(
+        verification["body"]["verdict"], "improved",
+        "{verification}"
+    );
+    assert_eq!(verification["body"]["metric"], metric.as_str());
+    let after = verification["body"]["after"].as_f64().expect("after");
+    assert!(after < 20.0, "the agent's window after the fix: {after} %");
+
+    // The real effect: the log was cut to its tail in place, and the service
+    // still writes to it.
+    let size = std::fs::metadata(&log).expect("log").len();
+    assert!(size <= 17 * 1024 * 1024, "log is {size} bytes");
+    assert!(fs.used_pct() < 20.0, "df says {} %", fs.used_pct());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        std::fs::metadata(&log).expect("log").len() > size,
+        "the writer keeps appending to the same file"
+    );
+    drop(writer);
+
+    // When the agent finished the host-changing step, for the offline replay.
+    let fixed_at_ms = closed["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["action"] != "collect_evidence")
+        .filter_map(|a| a["finished_at_ms"].as_u64())
+        .max()
+        .expect("a finished host-changing step");
+    replays_as_recorded(
+        &Scenario {
+            name: "disk_full".into(),
+            file: "disk_full.jsonl".into(),
+            fault: Some("disk_full".into()),
+            hypothesis: Some("disk_full".into()),
+            verdict: Some("improved".into()),
+            fixed_at_ms: Some(fixed_at_ms),
+            policy: Some(tenant_policy),
+        },
+        &record,
+    )
+    .await;
+}
+
+/// Minutes of a healthy host, a routine CPU burst (a minute with both cores
+/// busy, as a build does) included, open no run.
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_minutes_with_a_routine_burst_open_no_run() {
+    require_root();
+    let _host = HOST.lock().await;
+    let w = world();
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let record = recording("no-fault");
+    let runner = Runner::start(
+        emu,
+        &stack,
+        &[
+            (
+                "TETHER_LOCAL_RECORD_OBSERVATIONS",
+                record.to_str().expect("path"),
+            ),
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+        ],
+    );
+    let (key, token) = runner.bootstrap("scenario-quiet");
+    let http = runner.http();
+    let agent = agent_config(
+        &runner,
+        &token,
+        &w,
+        json!({"allowed_actions": ["collect_evidence", "signal_process"]}),
+    );
+    agent.enroll();
+    let _running = agent.run(&[]);
+    let quiet = std::time::Duration::from_secs(45);
+    std::thread::sleep(quiet);
+    // A build's worth of CPU: every core busy for a minute.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let burst: Vec<Proc> = (0..cores)
+        .map(|_| {
+            Proc(
+                Command::new("timeout")
+                    .args(["60", "sh", "-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("burst"),
+            )
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(62));
+    drop(burst);
+    std::thread::sleep(quiet);
+    let opened = runs(&http, &key);
+    assert!(
+        opened.is_empty(),
+        "runs opened on a healthy host: {:?}",
+        opened
+            .iter()
+            .map(|r| (r["family"].clone(), r["title"].clone()))
+            .collect::<Vec<_>>()
+    );
+    replays_as_recorded(
+        &Scenario {
+            name: "no_fault".into(),
+            file: "no_fault.jsonl".into(),
+            fault: None,
+            hypothesis: None,
+            verdict: None,
+            fixed_at_ms: None,
+            policy: None,
+        },
+        &record,
+    )
+    .await;
+}
