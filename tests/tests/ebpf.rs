@@ -335,13 +335,28 @@ async fn without_capabilities_the_agent_falls_back_and_says_why() {
         "{}",
         agent.log()
     );
-    // The instrument action is refused with the same reason.
+    // The agent does not offer `instrument` without eBPF (its action kinds leave
+    // it out), so the control plane holds the need instead of queueing a sure
+    // refusal, and the agent's drift says why.
     apply(http, &key, &workload, "instrumented");
-    let refused = wait_for("refused instrument", 60, || {
-        final_action(http, &key, &workload, "instrument")
+    let drift = wait_for("the held instrument need", 60, || {
+        http.get("/v1/agents", Some(&key)).json["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["drift"].as_array().cloned().unwrap_or_default())
+            .find(|d| d["kind"] == "instrument" && d["workload_key"] == workload.as_str())
     });
-    assert_eq!(refused["result"]["status"], "refused", "{refused}");
-    assert_eq!(refused["result"]["message"], reason);
+    assert!(
+        drift["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot run instrument")),
+        "{drift}"
+    );
+    assert!(
+        final_action(http, &key, &workload, "instrument").is_none(),
+        "nothing queued for a sure refusal"
+    );
     let st = agent.status();
     assert_eq!(st["instrumentation"]["state"], "unavailable", "{st}");
     assert_eq!(st["health"], "healthy", "the agent keeps running: {st}");

@@ -1,6 +1,7 @@
 //! The observer is stateless: its windows and its (agent, seq) answers live in
-//! DynamoDB with the host's markers, so a rule that needs history fires the same
-//! way when every window lands on a fresh instance, and two instances working
+//! DynamoDB with the host's markers, so a rule that needs history (a trend, a
+//! signal that must persist) fires the same way when every window lands on a
+//! fresh instance, and two instances working
 //! the same host at once open each run once.
 //!
 //! Each "instance" here is its own `Chain` over its own SDK clients: exactly
@@ -32,11 +33,12 @@ async fn instance(stack: &Stack) -> Deployed {
 }
 
 /// Six quiet windows (the LLM latency baseline), a p95 three times the baseline
-/// (a trend break: fires only with that history), then CPU saturated for two
-/// windows (a threshold: one run, not two).
+/// (a trend break: fires only with that history), then CPU saturated from window
+/// 8 on: saturation must hold for five minutes before it opens a run, so it
+/// fires only with the stored start of the streak, at window 17, once.
 fn windows() -> Vec<TelemetryWindow> {
-    let now = tether_e2e::now_ms() - 20 * 30_000;
-    (1..=10u64)
+    let now = tether_e2e::now_ms() - 30 * 30_000;
+    (1..=20u64)
         .map(|seq| {
             let mut metrics = BTreeMap::new();
             let p95 = if seq == 7 { 2400.0 } else { 300.0 };
@@ -44,6 +46,10 @@ fn windows() -> Vec<TelemetryWindow> {
             metrics.insert(
                 "cpu.busy_pct".to_owned(),
                 if seq >= 8 { 99.0 } else { 20.0 },
+            );
+            metrics.insert(
+                "psi.cpu.some_avg10".to_owned(),
+                if seq >= 8 { 60.0 } else { 1.0 },
             );
             TelemetryWindow {
                 seq,
@@ -91,7 +97,7 @@ async fn a_fresh_instance_per_window_opens_what_one_warm_instance_would() {
     assert_eq!(
         families_opened(&chain, &t).await,
         vec!["cpu_saturation".to_owned(), "llm_latency".to_owned()],
-        "the trend rule fired from stored history, the threshold once"
+        "the trend rule fired from stored history, the persistent one from the stored start of its streak, once"
     );
     assert_eq!(opened.len(), 2, "{opened:?}");
 
