@@ -28,6 +28,8 @@ const MAX_CGROUPS: usize = 32;
 const MAX_MOUNTS: usize = 8;
 /// Top processes reported, by CPU and by RSS.
 const TOP: usize = 3;
+/// Processes resolved to their workload key per window, at most.
+const MAX_RESOLVED: usize = 16;
 
 /// One sample's outcome.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -500,7 +502,36 @@ impl Sampler {
             m.insert(format!("top.rss.{}.pid", i + 1), f64::from(*pid));
             m.insert(format!("top.rss.{}.bytes", i + 1), *bytes);
         }
+        // The busiest and largest workloads, by the key discovery and the
+        // remediation kinds use, so a run can name its culprit rather than
+        // "host". Only processes that matter are resolved: at least 1 % of a
+        // core, or among the largest.
+        let mut by_cpu: BTreeMap<String, f64> = BTreeMap::new();
+        for (pct, pid) in cpu.iter().filter(|(p, _)| *p >= 1.0).take(MAX_RESOLVED) {
+            if let Some(key) = self.key_of(*pid) {
+                *by_cpu.entry(key).or_default() += pct;
+            }
+        }
+        let mut by_rss: BTreeMap<String, f64> = BTreeMap::new();
+        for (bytes, pid) in rss.iter().take(MAX_RESOLVED) {
+            if let Some(key) = self.key_of(*pid) {
+                *by_rss.entry(key).or_default() += bytes;
+            }
+        }
+        for (prefix, map) in [("workload.cpu_pct", by_cpu), ("workload.rss_bytes", by_rss)] {
+            let mut top: Vec<(String, f64)> = map.into_iter().collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (key, v) in top.into_iter().take(TOP) {
+                m.insert(format!("{prefix}.{key}"), v);
+            }
+        }
         note(collectors, "processes", Ok(()));
+    }
+
+    /// The workload key of a user-space process (kernel threads have none).
+    fn key_of(&self, pid: u32) -> Option<String> {
+        let p = crate::remedy::process::read(&self.root, pid)?;
+        (!p.exe.is_empty()).then(|| crate::remedy::process::workload_key(&self.root, &p))
     }
 
     fn containers(
@@ -852,6 +883,49 @@ mod tests {
             "tmpfs /dev/shm tmpfs rw 0 0\ntmpfs /run/user/1000 tmpfs rw 0 0\ntmpfs /sys/fs/cgroup tmpfs ro 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /dev tmpfs rw 0 0\n",
         );
         assert_eq!(m, vec!["/dev/shm", "/tmp"]);
+    }
+
+    #[test]
+    fn the_busiest_workload_is_named_by_its_key() {
+        // A CPU burner with an executable of its own: its key is host:<exe>.
+        let dir = std::env::temp_dir().join(format!(
+            "burner-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let exe = dir.join("cruncher");
+        std::fs::copy("/usr/bin/yes", &exe).expect("copy yes");
+        let mut child = std::process::Command::new(&exe)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("burner");
+        let mut s = Sampler::with_gpu(
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            Gpu::absent("test"),
+        );
+        s.sample();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let second = s.sample();
+        let _ = child.kill();
+        let _ = child.wait();
+        let key = format!("workload.cpu_pct.host:{}", exe.display());
+        let pct = second.metrics.get(&key).copied().unwrap_or(0.0);
+        assert!(
+            pct >= 50.0,
+            "{key} = {pct}: {:?}",
+            second
+                .metrics
+                .keys()
+                .filter(|k| k.starts_with("workload."))
+                .collect::<Vec<_>>()
+        );
+        assert!(second
+            .metrics
+            .keys()
+            .any(|k| k.starts_with("workload.rss_bytes.")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Scenario {
     /// body); the default policy when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Value>,
+    /// The deployment's `TETHER_CPU_PERSIST_MS` during the recording, when not
+    /// the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_persist_ms: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +67,11 @@ pub async fn replay(s: &Scenario, messages: &[ObservationMessage]) -> Result<Out
         role: Role::Operator,
         subject: "key:replay".into(),
     };
-    let mut chain = Offline::new(ChainConfig::default(), first.saturating_sub(1));
+    let mut cfg = ChainConfig::default();
+    if let Some(ms) = s.cpu_persist_ms {
+        cfg.thresholds.cpu_persist_ms = ms;
+    }
+    let mut chain = Offline::new(cfg, first.saturating_sub(1));
     if let Some(p) = &s.policy {
         let policy: TenantPolicy =
             serde_json::from_value(p.clone()).map_err(|e| format!("policy: {e}"))?;

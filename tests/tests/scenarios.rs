@@ -301,6 +301,7 @@ async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
             verdict: Some("improved".into()),
             fixed_at_ms: Some(fixed_at_ms),
             policy: Some(tenant_policy),
+            cpu_persist_ms: None,
         },
         &record,
     )
@@ -373,8 +374,196 @@ async fn quiet_minutes_with_a_routine_burst_open_no_run() {
             verdict: None,
             fixed_at_ms: None,
             policy: None,
+            cpu_persist_ms: None,
         },
         &record,
     )
     .await;
+}
+
+/// A v1 `cpu` cgroup of its own (this host's controllers are on v1), removed
+/// with its processes when dropped.
+struct CpuCgroup {
+    dir: PathBuf,
+}
+
+impl CpuCgroup {
+    fn create() -> Self {
+        let dir = PathBuf::from("/sys/fs/cgroup/cpu").join(unique_name("tether-scn"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the scenario needs root and the v1 cpu controller)",
+                dir.display()
+            )
+        });
+        Self { dir }
+    }
+
+    fn join(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+
+    fn quota_us(&self) -> i64 {
+        std::fs::read_to_string(self.dir.join("cpu.cfs_quota_us"))
+            .expect("quota")
+            .trim()
+            .parse()
+            .expect("number")
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in pids.lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A noisy neighbour: a workload of its own (its own executable, its own
+/// cgroup) takes every core. The agent names it in its telemetry; the run opens
+/// once saturation has held (15 s here instead of 5 minutes) with tasks waiting
+/// for CPU; the plan caps that workload, not a bystander; the agent writes the
+/// cgroup's quota; the host recovers and the verifier says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
+    require_root();
+    let _host = HOST.lock().await;
+    let w = world();
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let record = recording("noisy-neighbour");
+    let persist_ms = 15_000u64;
+    let runner = Runner::start(
+        emu,
+        &stack,
+        &[
+            (
+                "TETHER_LOCAL_RECORD_OBSERVATIONS",
+                record.to_str().expect("path"),
+            ),
+            ("TETHER_CPU_PERSIST_MS", "15000"),
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+            ("TETHER_VERIFY_DELAY_S", "3"),
+            ("TETHER_CHECK_ACTIONS_S", "2"),
+            ("TETHER_LOCAL_RETRY_S", "1"),
+        ],
+    );
+    let (key, token) = runner.bootstrap("scenario-cpu");
+    let http = runner.http();
+    let tenant_policy = json!({"settings": {"dry_run": false}});
+    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
+    assert_eq!(policy.status, 200, "{:?}", policy.json);
+
+    let bin = std::env::temp_dir().join(unique_name("noisy"));
+    std::fs::create_dir_all(&bin).expect("dir");
+    let cruncher = bin.join("cruncher");
+    std::fs::copy("/usr/bin/yes", &cruncher).expect("copy yes");
+    let workload = format!("host:{}", cruncher.display());
+
+    let agent = agent_config(
+        &runner,
+        &token,
+        &w,
+        json!({"allowed_actions": ["collect_evidence", "limit_workload", "restore_workload_limit", "signal_process"]}),
+    );
+    agent.enroll();
+    let _running = agent.run(&[]);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(runs(&http, &key).is_empty(), "no run before the fault");
+
+    let cg = CpuCgroup::create();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let _crunchers: Vec<Proc> = (0..=cores)
+        .map(|_| {
+            let p = Proc(
+                Command::new(&cruncher)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("cruncher"),
+            );
+            cg.join(p.pid());
+            p
+        })
+        .collect();
+
+    let run = wait_for("a cpu_saturation run awaiting approval", 120, || {
+        runs(&http, &key)
+            .into_iter()
+            .find(|r| r["family"] == "cpu_saturation" && r["status"] == "awaiting_approval")
+    });
+    let id = run["run_id"].as_str().expect("run id").to_owned();
+    let obs = artifact(&http, &key, &run, "observation_summary");
+    assert_eq!(
+        obs["body"]["signals"][0]["subject"],
+        workload.as_str(),
+        "the culprit, not the host: {obs}"
+    );
+    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    assert_eq!(
+        hyp["body"]["hypotheses"][0]["rule"], "cpu_saturation",
+        "{hyp}"
+    );
+    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    let cap = proposal["body"]["proposals"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["action"] == "limit_workload"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no limit_workload step: {proposal}"));
+    assert_eq!(cap["payload"]["workload"], workload.as_str(), "{cap}");
+    assert_eq!(cap["safety"], "reversible");
+    assert_eq!(cg.quota_us(), -1, "nothing changes before approval");
+
+    let approved = http.post(
+        &format!("/v1/runs/{id}/approve"),
+        Some(&key),
+        &json!({"comment": "cap it"}),
+    );
+    assert_eq!(approved.status, 200, "{:?}", approved.json);
+    let closed = wait_for("the run closed", 120, || {
+        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
+        (r["status"] == "closed").then_some(r)
+    });
+    assert_eq!(
+        closed["outcome"],
+        "resolved",
+        "{closed}\nagent log:\n{}",
+        agent.log()
+    );
+    // The real effect: the workload's cgroup is capped at half a core.
+    assert_eq!(cg.quota_us(), 50_000, "cpu.cfs_quota_us");
+    let verification = artifact(&http, &key, &closed, "verification_result");
+    assert_eq!(
+        verification["body"]["verdict"], "improved",
+        "{verification}"
+    );
+    assert_eq!(verification["body"]["metric"], "cpu.busy_pct");
+
+    let fixed_at_ms = closed["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["action"] != "collect_evidence")
+        .filter_map(|a| a["finished_at_ms"].as_u64())
+        .max()
+        .expect("a finished host-changing step");
+    replays_as_recorded(
+        &Scenario {
+            name: "cpu_noisy_neighbour".into(),
+            file: "cpu_noisy_neighbour.jsonl".into(),
+            fault: Some("cpu_saturation".into()),
+            hypothesis: Some("cpu_saturation".into()),
+            verdict: Some("improved".into()),
+            fixed_at_ms: Some(fixed_at_ms),
+            policy: Some(tenant_policy),
+            cpu_persist_ms: Some(persist_ms),
+        },
+        &record,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&bin);
 }

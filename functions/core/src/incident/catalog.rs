@@ -129,6 +129,14 @@ pub fn hypotheses(signals: &[Signal], window: &str) -> Vec<Hypothesis> {
     out
 }
 
+/// A subject that names a workload (`host:/…`, `systemd:…`, `docker:…`,
+/// `k8s:…`) rather than the host, a mount or a GPU.
+fn is_workload(subject: &str) -> bool {
+    ["host:/", "systemd:", "docker:", "k8s:"]
+        .iter()
+        .any(|p| subject.starts_with(p))
+}
+
 /// Runbook for a hypothesis: proposals in the order a human would try them.
 /// `top` are the host's top processes by the resource at fault, when known.
 pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<Proposal> {
@@ -178,6 +186,26 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
                 "terminate the process with the largest resident memory to release it \
                  (the agent chooses it when it runs, within the subject workload when it \
                  is one, and never a protected process)",
+            ),
+        ],
+        // A named culprit (the agent's busiest workload) is capped, reversibly;
+        // an unnamed one is the host's busiest process.
+        "cpu_saturation" if is_workload(subject) => vec![
+            evidence("top_cpu"),
+            p(
+                "cpu:cap-noisy-neighbour",
+                "limit_workload",
+                subject,
+                json!({ "workload": subject, "cpu_pct": 50 }),
+                "one workload's CPU share on one host",
+                Safety::Reversible,
+                Some(RollbackStep {
+                    action: "restore_workload_limit".into(),
+                    payload: json!({ "workload": subject }),
+                }),
+                "cap the workload that saturates the CPU at half a core (cgroup cpu.max or \
+                 cfs quota), so its neighbours run again; the previous limit is restored on \
+                 rollback",
             ),
         ],
         "cpu_saturation" => vec![

@@ -75,6 +75,8 @@ impl Default for Thresholds {
 fn watched(metric: &str) -> bool {
     metric == "cpu.busy_pct"
         || metric == "psi.cpu.some_avg10"
+        || metric.starts_with("workload.cpu_pct.")
+        || metric.starts_with("workload.rss_bytes.")
         || metric == "mem.used_pct"
         || metric == "oom.kills"
         || metric == "disk.busy_pct"
@@ -274,15 +276,25 @@ pub fn evaluate(
         });
     };
     let get = |k: &str| m.get(k).copied();
+    // The culprit, when the agent names one: the workload holding the most CPU
+    // (at least half a core) or the most memory.
+    let culprit = |prefix: &str, at_least: f64| {
+        m.iter()
+            .filter(|(k, v)| k.starts_with(prefix) && **v >= at_least)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or_else(|| "host".to_owned(), |(k, _)| k[prefix.len()..].to_owned())
+    };
     let contended = get("psi.cpu.some_avg10").is_none_or(|p| p >= t.psi_cpu_some);
     if let Some(v) = get("cpu.busy_pct").filter(|v| *v >= t.cpu_busy_pct && contended) {
-        push("cpu_saturation", "cpu.busy_pct", v, t.cpu_busy_pct, "host");
+        let who = culprit("workload.cpu_pct.", 50.0);
+        push("cpu_saturation", "cpu.busy_pct", v, t.cpu_busy_pct, &who);
     }
     let ooms = get("oom.kills").unwrap_or(0.0);
     if ooms > 0.0 || events.iter().any(|e| e == "oom_kill") {
         push("oom_kill", "oom.kills", ooms.max(1.0), 0.0, "host");
     } else if let Some(v) = get("mem.used_pct").filter(|v| *v >= t.mem_used_pct) {
-        push("memory_pressure", "mem.used_pct", v, t.mem_used_pct, "host");
+        let who = culprit("workload.rss_bytes.", 0.0);
+        push("memory_pressure", "mem.used_pct", v, t.mem_used_pct, &who);
     }
     // The fullest filesystem over the threshold.
     if let Some((k, v)) = m
@@ -531,6 +543,39 @@ mod tests {
             })
             .collect();
         assert_eq!(fired, vec![299]);
+    }
+
+    #[test]
+    fn cpu_and_memory_runs_name_the_culprit_workload_when_the_agent_does() {
+        let t = Thresholds::default();
+        let m: BTreeMap<String, f64> = [
+            ("cpu.busy_pct", 99.0),
+            ("psi.cpu.some_avg10", 40.0),
+            ("workload.cpu_pct.host:/opt/cruncher", 180.0),
+            ("workload.cpu_pct.systemd:sshd.service", 3.0),
+            ("mem.used_pct", 95.0),
+            ("workload.rss_bytes.docker:cache", 9e9),
+            ("workload.rss_bytes.host:/opt/cruncher", 1e6),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).into(), *v))
+        .collect();
+        let got = evaluate(&t, &m, &[], &VecDeque::new());
+        let by = |f: &str| got.iter().find(|s| s.family == f).expect(f).subject.clone();
+        assert_eq!(by("cpu_saturation"), "host:/opt/cruncher");
+        assert_eq!(by("memory_pressure"), "docker:cache");
+        // Nobody holds half a core: the host, not a bystander.
+        let idle: BTreeMap<String, f64> = [
+            ("cpu.busy_pct", 99.0),
+            ("workload.cpu_pct.host:/bin/x", 20.0),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).into(), *v))
+        .collect();
+        assert_eq!(
+            evaluate(&t, &idle, &[], &VecDeque::new())[0].subject,
+            "host"
+        );
     }
 
     #[test]
