@@ -567,3 +567,134 @@ async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
     .await;
     let _ = std::fs::remove_dir_all(&bin);
 }
+
+/// An I/O stall: a workload writes with O_DSYNC as fast as the disk lets it, so
+/// other tasks wait on I/O (PSI `io.full` well over 25 % on this host's virtual
+/// disk). The run opens from the agent's PSI, the plan stops the process doing
+/// the most I/O (impactful: the tenant allows it, with approval), the agent
+/// measures and signals the writer, and the stall clears.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_fsync_heavy_writer_stalls_io_and_is_stopped_after_approval() {
+    require_root();
+    let _host = HOST.lock().await;
+    let w = world();
+    let emu = Emulator::shared();
+    let stack = Stack::create_with_chain(emu, 3).await;
+    let record = recording("io-stall");
+    let runner = Runner::start(
+        emu,
+        &stack,
+        &[
+            (
+                "TETHER_LOCAL_RECORD_OBSERVATIONS",
+                record.to_str().expect("path"),
+            ),
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+            // PSI's avg10 decays over about ten seconds after the writer stops.
+            ("TETHER_VERIFY_DELAY_S", "15"),
+            ("TETHER_CHECK_ACTIONS_S", "2"),
+            ("TETHER_LOCAL_RETRY_S", "1"),
+        ],
+    );
+    let (key, token) = runner.bootstrap("scenario-io");
+    let http = runner.http();
+    let tenant_policy = json!({"settings": {"dry_run": false, "allow_impactful": true}});
+    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
+    assert_eq!(policy.status, 200, "{:?}", policy.json);
+
+    let bin = std::env::temp_dir().join(unique_name("flusher"));
+    std::fs::create_dir_all(&bin).expect("dir");
+    let flusher = bin.join("flusher");
+    std::fs::copy("/usr/bin/dd", &flusher).expect("copy dd");
+    let target = PathBuf::from("/var/tmp").join(unique_name("tether-io"));
+
+    let agent = agent_config(
+        &runner,
+        &token,
+        &w,
+        json!({"allowed_actions": ["collect_evidence", "signal_process"]}),
+    );
+    agent.enroll();
+    let _running = agent.run(&[]);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(runs(&http, &key).is_empty(), "no run before the fault");
+
+    let writer = Proc(
+        Command::new(&flusher)
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", target.display()))
+            .args(["bs=4k", "count=100000000", "oflag=dsync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("flusher"),
+    );
+    let run = wait_for("an io_stall run awaiting approval", 120, || {
+        runs(&http, &key)
+            .into_iter()
+            .find(|r| r["family"] == "io_stall" && r["status"] == "awaiting_approval")
+    });
+    let id = run["run_id"].as_str().expect("run id").to_owned();
+    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "io_stall", "{hyp}");
+    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    assert!(
+        proposal["body"]["proposals"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["action"] == "signal_process" && p["payload"]["select"] == "top_io")),
+        "{proposal}"
+    );
+    let approved = http.post(
+        &format!("/v1/runs/{id}/approve"),
+        Some(&key),
+        &json!({"comment": "stop the writer"}),
+    );
+    assert_eq!(approved.status, 200, "{:?}", approved.json);
+    let closed = wait_for("the run closed", 150, || {
+        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
+        (r["status"] == "closed").then_some(r)
+    });
+    let _ = std::fs::remove_file(&target);
+    assert_eq!(
+        closed["outcome"],
+        "resolved",
+        "{closed}\nagent log:\n{}",
+        agent.log()
+    );
+    // The agent chose the writer, by its I/O, and stopped it.
+    let signalled = closed["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["action"] == "signal_process"))
+        .cloned()
+        .expect("the signal step");
+    assert_eq!(signalled["state"], "succeeded", "{signalled}");
+    assert!(
+        signalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&writer.pid().to_string())),
+        "the writer's pid is named: {signalled}"
+    );
+    let verification = artifact(&http, &key, &closed, "verification_result");
+    assert_eq!(
+        verification["body"]["verdict"], "improved",
+        "{verification}"
+    );
+
+    let fixed_at_ms = signalled["finished_at_ms"].as_u64().expect("finished");
+    replays_as_recorded(
+        &Scenario {
+            name: "io_stall".into(),
+            file: "io_stall.jsonl".into(),
+            fault: Some("io_stall".into()),
+            hypothesis: Some("io_stall".into()),
+            verdict: Some("improved".into()),
+            fixed_at_ms: Some(fixed_at_ms),
+            policy: Some(tenant_policy),
+            cpu_persist_ms: None,
+        },
+        &record,
+    )
+    .await;
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&bin);
+}

@@ -245,7 +245,20 @@ pub fn proposals(h: &Hypothesis, agent_id: &str, prior: &[PriorAttempt]) -> Vec<
                 "delete old journal entries to free space",
             ),
         ],
-        "io_stall" => vec![evidence("top_io")],
+        "io_stall" => vec![
+            evidence("top_io"),
+            p(
+                "io:stop-top-writer",
+                "signal_process",
+                subject,
+                json!({ "select": "top_io", "signal": "TERM" }),
+                "one process on one host",
+                Safety::Impactful,
+                None,
+                "terminate the process doing the most I/O (the agent measures it when it \
+                 runs and never picks a protected process), so the device serves the rest",
+            ),
+        ],
         "crash_loop" => vec![
             evidence("unit_logs"),
             p(
