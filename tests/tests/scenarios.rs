@@ -130,6 +130,154 @@ fn prefill(file: &Path, mib: usize) {
     }
 }
 
+/// One scenario's live system: the stack, the control plane recording its
+/// observations, a tenant with its policy, and the real agent running with
+/// `allowed` actions (plus `agent_extra` config). `name` names the scenario in
+/// the corpus.
+struct Live {
+    http: tether_e2e::Http,
+    key: String,
+    agent: tether_e2e::llm::Agent,
+    record: PathBuf,
+    policy: Option<Value>,
+    _running: Proc,
+    _runner: Runner,
+    _stack: Stack,
+    _world: tether_e2e::llm::World,
+}
+
+impl Live {
+    async fn start(
+        name: &str,
+        env: &[(&str, &str)],
+        policy: Option<Value>,
+        allowed: &[&str],
+        agent_extra: Value,
+    ) -> Self {
+        let world = world();
+        let emu = Emulator::shared();
+        let stack = Stack::create_with_chain(emu, 3).await;
+        let record = recording(name);
+        let mut all = vec![
+            (
+                "TETHER_LOCAL_RECORD_OBSERVATIONS",
+                record.to_str().expect("path"),
+            ),
+            ("TETHER_POLL_INTERVAL_MS", "1000"),
+            ("TETHER_VERIFY_DELAY_S", "3"),
+            ("TETHER_CHECK_ACTIONS_S", "2"),
+            ("TETHER_LOCAL_RETRY_S", "1"),
+        ];
+        // Later entries win: a scenario's own settings override these.
+        all.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
+        all.extend_from_slice(env);
+        let runner = Runner::start(emu, &stack, &all);
+        // Tenant ids take '-', not '_'.
+        let (key, token) = runner.bootstrap(&format!("scenario-{}", name.replace('_', "-")));
+        let http = runner.http();
+        if let Some(p) = &policy {
+            let r = http.put("/v1/policy", Some(&key), p);
+            assert_eq!(r.status, 200, "{:?}", r.json);
+        }
+        let mut config = json!({ "allowed_actions": allowed });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), agent_extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let agent = agent_config(&runner, &token, &world, config);
+        agent.enroll();
+        let running = agent.run(&[]);
+        Self {
+            http,
+            key,
+            agent,
+            record,
+            policy,
+            _running: running,
+            _runner: runner,
+            _stack: stack,
+            _world: world,
+        }
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        runs(&self.http, &self.key)
+    }
+
+    fn artifact(&self, run: &Value, kind: &str) -> Value {
+        artifact(&self.http, &self.key, run, kind)
+    }
+
+    /// The run of `family` once it awaits approval.
+    fn awaiting(&self, family: &str, secs: u64) -> Value {
+        wait_for(&format!("a {family} run awaiting approval"), secs, || {
+            self.runs()
+                .into_iter()
+                .find(|r| r["family"] == family && r["status"] == "awaiting_approval")
+        })
+    }
+
+    /// Approves `run` and waits for it to close; the run as closed.
+    fn approve_and_close(&self, run: &Value, secs: u64) -> Value {
+        let id = run["run_id"].as_str().expect("run id");
+        let approved = self.http.post(
+            &format!("/v1/runs/{id}/approve"),
+            Some(&self.key),
+            &json!({"comment": "approved by the scenario"}),
+        );
+        assert_eq!(approved.status, 200, "{:?}", approved.json);
+        let closed = wait_for("the run closed", secs, || {
+            let r = self
+                .http
+                .get(&format!("/v1/runs/{id}"), Some(&self.key))
+                .json;
+            (r["status"] == "closed").then_some(r)
+        });
+        assert_eq!(
+            closed["outcome"],
+            "resolved",
+            "{closed}\nagent log:\n{}",
+            self.agent.log()
+        );
+        closed
+    }
+
+    /// The recording must replay to what the live run reached (see
+    /// [`replays_as_recorded`]); `closed` gives when the fix finished.
+    async fn replays(
+        &self,
+        name: &str,
+        fault: &str,
+        closed: Option<&Value>,
+        cpu_persist_ms: Option<u64>,
+    ) {
+        let fixed_at_ms = closed.map(|c| {
+            c["actions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["action"] != "collect_evidence")
+                .filter_map(|a| a["finished_at_ms"].as_u64())
+                .max()
+                .expect("a finished host-changing step")
+        });
+        let faulty = closed.is_some();
+        replays_as_recorded(
+            &Scenario {
+                name: name.into(),
+                file: format!("{name}.jsonl"),
+                fault: faulty.then(|| fault.to_owned()),
+                hypothesis: faulty.then(|| fault.to_owned()),
+                verdict: faulty.then(|| "improved".to_owned()),
+                fixed_at_ms,
+                policy: self.policy.clone(),
+                cpu_persist_ms,
+            },
+            &self.record,
+        )
+        .await;
+    }
+}
+
 fn runs(http: &tether_e2e::Http, key: &str) -> Vec<Value> {
     http.get("/v1/runs", Some(key)).json["runs"]
         .as_array()
@@ -146,36 +294,10 @@ fn artifact(http: &tether_e2e::Http, key: &str, run: &Value, kind: &str) -> Valu
         .to_owned();
     http.get(&format!("/v1/artifacts/{id}"), Some(key)).json
 }
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
     require_root();
     let _host = HOST.lock().await;
-    let w = world();
-    let emu = Emulator::shared();
-    let stack = Stack::create_with_chain(emu, 3).await;
-    let record = recording("disk-full");
-    let runner = Runner::start(
-        emu,
-        &stack,
-        &[
-            (
-                "TETHER_LOCAL_RECORD_OBSERVATIONS",
-                record.to_str().expect("path"),
-            ),
-            ("TETHER_POLL_INTERVAL_MS", "1000"),
-            ("TETHER_VERIFY_DELAY_S", "3"),
-            ("TETHER_CHECK_ACTIONS_S", "2"),
-            ("TETHER_LOCAL_RETRY_S", "1"),
-        ],
-    );
-    let (key, token) = runner.bootstrap("scenario-disk");
-    let http = runner.http();
-    // The tenant lets destructive steps run once approved (rotate_logs cuts data).
-    let tenant_policy = json!({"settings": {"dry_run": false, "allow_destructive": true}});
-    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
-    assert_eq!(policy.status, 200, "{:?}", policy.json);
-
     let fs = Tmpfs::mount(256);
     let logs = fs.path.join("app");
     std::fs::create_dir_all(&logs).expect("log dir");
@@ -192,45 +314,42 @@ async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
             .spawn()
             .expect("writer"),
     );
-
-    let agent = agent_config(
-        &runner,
-        &token,
-        &w,
-        json!({
-            "allowed_actions": ["collect_evidence", "rotate_logs", "vacuum_journal", "signal_process"],
-            "log_dirs": [logs],
-        }),
-    );
-    agent.enroll();
-    let _running = agent.run(&[]);
+    // The tenant lets destructive steps run once approved (rotate_logs cuts data).
+    let live = Live::start(
+        "disk_full",
+        &[],
+        Some(json!({"settings": {"dry_run": false, "allow_destructive": true}})),
+        &[
+            "collect_evidence",
+            "rotate_logs",
+            "vacuum_journal",
+            "signal_process",
+        ],
+        json!({ "log_dirs": [logs] }),
+    )
+    .await;
     let metric = format!("fs.{}.used_pct", fs.telemetry_name());
     // A few normal windows first, then the disk fills.
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert!(
-        runs(&http, &key).is_empty(),
+        live.runs().is_empty(),
         "no run before the fault: {:?}",
-        runs(&http, &key)
+        live.runs()
     );
     prefill(&log, 240);
     let filled = fs.used_pct();
     assert!(filled >= 93.0, "the tmpfs is {filled} % full");
 
-    let run = wait_for("a disk_full run awaiting approval", 90, || {
-        runs(&http, &key)
-            .into_iter()
-            .find(|r| r["family"] == "disk_full" && r["status"] == "awaiting_approval")
-    });
-    let id = run["run_id"].as_str().expect("run id").to_owned();
-    let obs = artifact(&http, &key, &run, "observation_summary");
+    let run = live.awaiting("disk_full", 90);
+    let obs = live.artifact(&run, "observation_summary");
     assert_eq!(
         obs["body"]["signals"][0]["metric"],
         metric.as_str(),
         "{obs}"
     );
-    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    let hyp = live.artifact(&run, "root_cause_hypothesis");
     assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "disk_full", "{hyp}");
-    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    let proposal = live.artifact(&run, "remediation_proposal");
     let steps: Vec<&str> = proposal["body"]["proposals"]
         .as_array()
         .expect("proposals")
@@ -242,27 +361,11 @@ async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
         !steps.contains(&"vacuum_journal"),
         "no journald here: the agent does not offer vacuum_journal, so it is not planned: {proposal}"
     );
-    let plan = artifact(&http, &key, &run, "execution_plan");
+    let plan = live.artifact(&run, "execution_plan");
     assert_eq!(plan["body"]["outcome"], "awaiting_approval", "{plan}");
 
-    let approved = http.post(
-        &format!("/v1/runs/{id}/approve"),
-        Some(&key),
-        &json!({"comment": "free the disk"}),
-    );
-    assert_eq!(approved.status, 200, "{:?}", approved.json);
-
-    let closed = wait_for("the run closed", 120, || {
-        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
-        (r["status"] == "closed").then_some(r)
-    });
-    assert_eq!(
-        closed["outcome"],
-        "resolved",
-        "{closed}\nagent log:\n{}",
-        agent.log()
-    );
-    let verification = artifact(&http, &key, &closed, "verification_result");
+    let closed = live.approve_and_close(&run, 120);
+    let verification = live.artifact(&closed, "verification_result");
     assert_eq!(
         verification["body"]["verdict"], "improved",
         "{verification}"
@@ -282,30 +385,8 @@ async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
         "the writer keeps appending to the same file"
     );
     drop(writer);
-
-    // When the agent finished the host-changing step, for the offline replay.
-    let fixed_at_ms = closed["actions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["action"] != "collect_evidence")
-        .filter_map(|a| a["finished_at_ms"].as_u64())
-        .max()
-        .expect("a finished host-changing step");
-    replays_as_recorded(
-        &Scenario {
-            name: "disk_full".into(),
-            file: "disk_full.jsonl".into(),
-            fault: Some("disk_full".into()),
-            hypothesis: Some("disk_full".into()),
-            verdict: Some("improved".into()),
-            fixed_at_ms: Some(fixed_at_ms),
-            policy: Some(tenant_policy),
-            cpu_persist_ms: None,
-        },
-        &record,
-    )
-    .await;
+    live.replays("disk_full", "disk_full", Some(&closed), None)
+        .await;
 }
 
 /// Minutes of a healthy host, a routine CPU burst (a minute with both cores
@@ -314,31 +395,14 @@ async fn a_filling_disk_is_diagnosed_fixed_by_the_agent_and_verified() {
 async fn quiet_minutes_with_a_routine_burst_open_no_run() {
     require_root();
     let _host = HOST.lock().await;
-    let w = world();
-    let emu = Emulator::shared();
-    let stack = Stack::create_with_chain(emu, 3).await;
-    let record = recording("no-fault");
-    let runner = Runner::start(
-        emu,
-        &stack,
-        &[
-            (
-                "TETHER_LOCAL_RECORD_OBSERVATIONS",
-                record.to_str().expect("path"),
-            ),
-            ("TETHER_POLL_INTERVAL_MS", "1000"),
-        ],
-    );
-    let (key, token) = runner.bootstrap("scenario-quiet");
-    let http = runner.http();
-    let agent = agent_config(
-        &runner,
-        &token,
-        &w,
-        json!({"allowed_actions": ["collect_evidence", "signal_process"]}),
-    );
-    agent.enroll();
-    let _running = agent.run(&[]);
+    let live = Live::start(
+        "no_fault",
+        &[],
+        None,
+        &["collect_evidence", "signal_process"],
+        json!({}),
+    )
+    .await;
     let quiet = std::time::Duration::from_secs(45);
     std::thread::sleep(quiet);
     // A build's worth of CPU: every core busy for a minute.
@@ -356,7 +420,7 @@ async fn quiet_minutes_with_a_routine_burst_open_no_run() {
     std::thread::sleep(std::time::Duration::from_secs(62));
     drop(burst);
     std::thread::sleep(quiet);
-    let opened = runs(&http, &key);
+    let opened = live.runs();
     assert!(
         opened.is_empty(),
         "runs opened on a healthy host: {:?}",
@@ -365,20 +429,7 @@ async fn quiet_minutes_with_a_routine_burst_open_no_run() {
             .map(|r| (r["family"].clone(), r["title"].clone()))
             .collect::<Vec<_>>()
     );
-    replays_as_recorded(
-        &Scenario {
-            name: "no_fault".into(),
-            file: "no_fault.jsonl".into(),
-            fault: None,
-            hypothesis: None,
-            verdict: None,
-            fixed_at_ms: None,
-            policy: None,
-            cpu_persist_ms: None,
-        },
-        &record,
-    )
-    .await;
+    live.replays("no_fault", "", None, None).await;
 }
 
 /// A v1 `cpu` cgroup of its own (this host's controllers are on v1), removed
@@ -423,7 +474,6 @@ impl Drop for CpuCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
-
 /// A noisy neighbour: a workload of its own (its own executable, its own
 /// cgroup) takes every core. The agent names it in its telemetry; the run opens
 /// once saturation has held (15 s here instead of 5 minutes) with tasks waiting
@@ -433,48 +483,27 @@ impl Drop for CpuCgroup {
 async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
     require_root();
     let _host = HOST.lock().await;
-    let w = world();
-    let emu = Emulator::shared();
-    let stack = Stack::create_with_chain(emu, 3).await;
-    let record = recording("noisy-neighbour");
     let persist_ms = 15_000u64;
-    let runner = Runner::start(
-        emu,
-        &stack,
+    let live = Live::start(
+        "cpu_noisy_neighbour",
+        &[("TETHER_CPU_PERSIST_MS", "15000")],
+        Some(json!({"settings": {"dry_run": false}})),
         &[
-            (
-                "TETHER_LOCAL_RECORD_OBSERVATIONS",
-                record.to_str().expect("path"),
-            ),
-            ("TETHER_CPU_PERSIST_MS", "15000"),
-            ("TETHER_POLL_INTERVAL_MS", "1000"),
-            ("TETHER_VERIFY_DELAY_S", "3"),
-            ("TETHER_CHECK_ACTIONS_S", "2"),
-            ("TETHER_LOCAL_RETRY_S", "1"),
+            "collect_evidence",
+            "limit_workload",
+            "restore_workload_limit",
+            "signal_process",
         ],
-    );
-    let (key, token) = runner.bootstrap("scenario-cpu");
-    let http = runner.http();
-    let tenant_policy = json!({"settings": {"dry_run": false}});
-    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
-    assert_eq!(policy.status, 200, "{:?}", policy.json);
-
+        json!({}),
+    )
+    .await;
     let bin = std::env::temp_dir().join(unique_name("noisy"));
     std::fs::create_dir_all(&bin).expect("dir");
     let cruncher = bin.join("cruncher");
     std::fs::copy("/usr/bin/yes", &cruncher).expect("copy yes");
     let workload = format!("host:{}", cruncher.display());
-
-    let agent = agent_config(
-        &runner,
-        &token,
-        &w,
-        json!({"allowed_actions": ["collect_evidence", "limit_workload", "restore_workload_limit", "signal_process"]}),
-    );
-    agent.enroll();
-    let _running = agent.run(&[]);
     std::thread::sleep(std::time::Duration::from_secs(4));
-    assert!(runs(&http, &key).is_empty(), "no run before the fault");
+    assert!(live.runs().is_empty(), "no run before the fault");
 
     let cg = CpuCgroup::create();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -491,24 +520,19 @@ async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
         })
         .collect();
 
-    let run = wait_for("a cpu_saturation run awaiting approval", 120, || {
-        runs(&http, &key)
-            .into_iter()
-            .find(|r| r["family"] == "cpu_saturation" && r["status"] == "awaiting_approval")
-    });
-    let id = run["run_id"].as_str().expect("run id").to_owned();
-    let obs = artifact(&http, &key, &run, "observation_summary");
+    let run = live.awaiting("cpu_saturation", 120);
+    let obs = live.artifact(&run, "observation_summary");
     assert_eq!(
         obs["body"]["signals"][0]["subject"],
         workload.as_str(),
         "the culprit, not the host: {obs}"
     );
-    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    let hyp = live.artifact(&run, "root_cause_hypothesis");
     assert_eq!(
         hyp["body"]["hypotheses"][0]["rule"], "cpu_saturation",
         "{hyp}"
     );
-    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    let proposal = live.artifact(&run, "remediation_proposal");
     let cap = proposal["body"]["proposals"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["action"] == "limit_workload"))
@@ -518,51 +542,20 @@ async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
     assert_eq!(cap["safety"], "reversible");
     assert_eq!(cg.quota_us(), -1, "nothing changes before approval");
 
-    let approved = http.post(
-        &format!("/v1/runs/{id}/approve"),
-        Some(&key),
-        &json!({"comment": "cap it"}),
-    );
-    assert_eq!(approved.status, 200, "{:?}", approved.json);
-    let closed = wait_for("the run closed", 120, || {
-        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
-        (r["status"] == "closed").then_some(r)
-    });
-    assert_eq!(
-        closed["outcome"],
-        "resolved",
-        "{closed}\nagent log:\n{}",
-        agent.log()
-    );
+    let closed = live.approve_and_close(&run, 120);
     // The real effect: the workload's cgroup is capped at half a core.
     assert_eq!(cg.quota_us(), 50_000, "cpu.cfs_quota_us");
-    let verification = artifact(&http, &key, &closed, "verification_result");
+    let verification = live.artifact(&closed, "verification_result");
     assert_eq!(
         verification["body"]["verdict"], "improved",
         "{verification}"
     );
     assert_eq!(verification["body"]["metric"], "cpu.busy_pct");
-
-    let fixed_at_ms = closed["actions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["action"] != "collect_evidence")
-        .filter_map(|a| a["finished_at_ms"].as_u64())
-        .max()
-        .expect("a finished host-changing step");
-    replays_as_recorded(
-        &Scenario {
-            name: "cpu_noisy_neighbour".into(),
-            file: "cpu_noisy_neighbour.jsonl".into(),
-            fault: Some("cpu_saturation".into()),
-            hypothesis: Some("cpu_saturation".into()),
-            verdict: Some("improved".into()),
-            fixed_at_ms: Some(fixed_at_ms),
-            policy: Some(tenant_policy),
-            cpu_persist_ms: Some(persist_ms),
-        },
-        &record,
+    live.replays(
+        "cpu_noisy_neighbour",
+        "cpu_saturation",
+        Some(&closed),
+        Some(persist_ms),
     )
     .await;
     let _ = std::fs::remove_dir_all(&bin);
@@ -577,47 +570,22 @@ async fn a_noisy_neighbour_is_capped_in_its_cgroup_and_verified() {
 async fn an_fsync_heavy_writer_stalls_io_and_is_stopped_after_approval() {
     require_root();
     let _host = HOST.lock().await;
-    let w = world();
-    let emu = Emulator::shared();
-    let stack = Stack::create_with_chain(emu, 3).await;
-    let record = recording("io-stall");
-    let runner = Runner::start(
-        emu,
-        &stack,
-        &[
-            (
-                "TETHER_LOCAL_RECORD_OBSERVATIONS",
-                record.to_str().expect("path"),
-            ),
-            ("TETHER_POLL_INTERVAL_MS", "1000"),
-            // PSI's avg10 decays over about ten seconds after the writer stops.
-            ("TETHER_VERIFY_DELAY_S", "15"),
-            ("TETHER_CHECK_ACTIONS_S", "2"),
-            ("TETHER_LOCAL_RETRY_S", "1"),
-        ],
-    );
-    let (key, token) = runner.bootstrap("scenario-io");
-    let http = runner.http();
-    let tenant_policy = json!({"settings": {"dry_run": false, "allow_impactful": true}});
-    let policy = http.put("/v1/policy", Some(&key), &tenant_policy);
-    assert_eq!(policy.status, 200, "{:?}", policy.json);
-
+    let live = Live::start(
+        "io_stall",
+        // PSI's avg10 decays over about ten seconds after the writer stops.
+        &[("TETHER_VERIFY_DELAY_S", "15")],
+        Some(json!({"settings": {"dry_run": false, "allow_impactful": true}})),
+        &["collect_evidence", "signal_process"],
+        json!({}),
+    )
+    .await;
     let bin = std::env::temp_dir().join(unique_name("flusher"));
     std::fs::create_dir_all(&bin).expect("dir");
     let flusher = bin.join("flusher");
     std::fs::copy("/usr/bin/dd", &flusher).expect("copy dd");
     let target = PathBuf::from("/var/tmp").join(unique_name("tether-io"));
-
-    let agent = agent_config(
-        &runner,
-        &token,
-        &w,
-        json!({"allowed_actions": ["collect_evidence", "signal_process"]}),
-    );
-    agent.enroll();
-    let _running = agent.run(&[]);
     std::thread::sleep(std::time::Duration::from_secs(4));
-    assert!(runs(&http, &key).is_empty(), "no run before the fault");
+    assert!(live.runs().is_empty(), "no run before the fault");
 
     let writer = Proc(
         Command::new(&flusher)
@@ -629,38 +597,18 @@ async fn an_fsync_heavy_writer_stalls_io_and_is_stopped_after_approval() {
             .spawn()
             .expect("flusher"),
     );
-    let run = wait_for("an io_stall run awaiting approval", 120, || {
-        runs(&http, &key)
-            .into_iter()
-            .find(|r| r["family"] == "io_stall" && r["status"] == "awaiting_approval")
-    });
-    let id = run["run_id"].as_str().expect("run id").to_owned();
-    let hyp = artifact(&http, &key, &run, "root_cause_hypothesis");
+    let run = live.awaiting("io_stall", 120);
+    let hyp = live.artifact(&run, "root_cause_hypothesis");
     assert_eq!(hyp["body"]["hypotheses"][0]["rule"], "io_stall", "{hyp}");
-    let proposal = artifact(&http, &key, &run, "remediation_proposal");
+    let proposal = live.artifact(&run, "remediation_proposal");
     assert!(
         proposal["body"]["proposals"].as_array().is_some_and(|p| p
             .iter()
             .any(|p| p["action"] == "signal_process" && p["payload"]["select"] == "top_io")),
         "{proposal}"
     );
-    let approved = http.post(
-        &format!("/v1/runs/{id}/approve"),
-        Some(&key),
-        &json!({"comment": "stop the writer"}),
-    );
-    assert_eq!(approved.status, 200, "{:?}", approved.json);
-    let closed = wait_for("the run closed", 150, || {
-        let r = http.get(&format!("/v1/runs/{id}"), Some(&key)).json;
-        (r["status"] == "closed").then_some(r)
-    });
+    let closed = live.approve_and_close(&run, 150);
     let _ = std::fs::remove_file(&target);
-    assert_eq!(
-        closed["outcome"],
-        "resolved",
-        "{closed}\nagent log:\n{}",
-        agent.log()
-    );
     // The agent chose the writer, by its I/O, and stopped it.
     let signalled = closed["actions"]
         .as_array()
@@ -674,27 +622,13 @@ async fn an_fsync_heavy_writer_stalls_io_and_is_stopped_after_approval() {
             .is_some_and(|m| m.contains(&writer.pid().to_string())),
         "the writer's pid is named: {signalled}"
     );
-    let verification = artifact(&http, &key, &closed, "verification_result");
+    let verification = live.artifact(&closed, "verification_result");
     assert_eq!(
         verification["body"]["verdict"], "improved",
         "{verification}"
     );
-
-    let fixed_at_ms = signalled["finished_at_ms"].as_u64().expect("finished");
-    replays_as_recorded(
-        &Scenario {
-            name: "io_stall".into(),
-            file: "io_stall.jsonl".into(),
-            fault: Some("io_stall".into()),
-            hypothesis: Some("io_stall".into()),
-            verdict: Some("improved".into()),
-            fixed_at_ms: Some(fixed_at_ms),
-            policy: Some(tenant_policy),
-            cpu_persist_ms: None,
-        },
-        &record,
-    )
-    .await;
+    live.replays("io_stall", "io_stall", Some(&closed), None)
+        .await;
     drop(writer);
     let _ = std::fs::remove_dir_all(&bin);
 }
