@@ -529,6 +529,9 @@ impl RunManifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvidencePoint {
     pub seq: u64,
+    /// The window's start (0 in points stored before it was recorded).
+    #[serde(default)]
+    pub start_ms: u64,
     pub end_ms: u64,
     pub metrics: BTreeMap<String, f64>,
 }

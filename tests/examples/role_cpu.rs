@@ -191,6 +191,7 @@ async fn main() {
                     run,
                     &EvidencePoint {
                         seq: 1_000_000 + b,
+                        start_ms: 1_800_000_070_000,
                         end_ms: 1_800_000_100_000,
                         metrics: BTreeMap::from([("fs.root.used_pct".to_owned(), 60.0)]),
                     },

@@ -64,6 +64,7 @@ impl<
                             &entry.run_id,
                             &EvidencePoint {
                                 seq: w.seq,
+                                start_ms: w.start_ms,
                                 end_ms: w.end_ms,
                                 metrics,
                             },
@@ -143,6 +144,7 @@ impl<
                     &run,
                     &EvidencePoint {
                         seq: w.seq,
+                        start_ms: w.start_ms,
                         end_ms: w.end_ms,
                         metrics: BTreeMap::from([(s.metric.clone(), s.value)]),
                     },

@@ -70,16 +70,26 @@ impl Rig {
     /// One 30 s window ending now with the root filesystem at `pct`.
     async fn observe(&mut self, seq: u64, pct: f64) -> Vec<String> {
         let now = self.clock.now_ms();
+        self.observe_window(TelemetryWindow {
+            seq,
+            start_ms: now - 30_000,
+            end_ms: now,
+            metrics: [("fs.root.used_pct".to_owned(), pct)].into(),
+            events: vec![],
+        })
+        .await
+    }
+
+    /// One window as given; the clock moves to its end.
+    async fn observe_window(&mut self, w: TelemetryWindow) -> Vec<String> {
+        let now = self.clock.now_ms();
+        if w.end_ms > now {
+            self.clock.advance(w.end_ms - now);
+        }
         let msg = ObservationMessage {
             tenant: self.t.as_str().into(),
             agent_id: self.agent.as_str().into(),
-            windows: vec![TelemetryWindow {
-                seq,
-                start_ms: now - 30_000,
-                end_ms: now,
-                metrics: [("fs.root.used_pct".to_owned(), pct)].into(),
-                events: vec![],
-            }],
+            windows: vec![w],
         };
         let body = serde_json::to_string(&msg).expect("json");
         let opened = self.chain.observe(&msg).await.expect("observe");
@@ -808,4 +818,49 @@ async fn a_successful_read_only_step_alone_is_not_credited() {
     rig.elapse(60_000, Stage::Verifier).await;
     let m = rig.only_run();
     assert_eq!(m.outcome, "inconclusive", "{m:?}");
+}
+
+#[tokio::test]
+async fn a_counter_signal_is_judged_per_minute_not_per_partial_window() {
+    let mut rig = Rig::new();
+    let window = |seq: u64, start_ms: u64, end_ms: u64, kills: f64| TelemetryWindow {
+        seq,
+        start_ms,
+        end_ms,
+        metrics: [("oom.kills".to_owned(), kills)].into(),
+        events: vec![],
+    };
+    assert!(rig
+        .observe_window(window(1, T0 - 30_000, T0, 0.0))
+        .await
+        .is_empty());
+    // The kill lands in a 5-second window (an agent that just started): 12/min.
+    let opened = rig.observe_window(window(2, T0, T0 + 5_000, 1.0)).await;
+    assert_eq!(opened.len(), 1);
+    rig.pump().await;
+    let m = rig.only_run();
+    assert_eq!(m.family, "oom_kill");
+    rig.chain
+        .decide(&rig.operator(), &m.run_id, true, "go")
+        .await
+        .expect("approve");
+    rig.pump().await;
+    while rig.agent_finishes(FinalState::Succeeded).await > 0 {}
+    // Two kills in the next full 30-second window: 4/min, fewer than before,
+    // though a raw count (2 against 1) would read as worse.
+    rig.clock.advance(30_000);
+    rig.observe_window(window(3, T0 + 5_000, T0 + 35_000, 2.0))
+        .await;
+    rig.elapse(60_000, Stage::Verifier).await;
+    let m = rig.only_run();
+    let (_, v) = rig
+        .chain
+        .linked(&rig.t, &m, ArtifactKind::VerificationResult)
+        .await
+        .expect("verification");
+    let Body::VerificationResult { verdict, why, .. } = &v.body else {
+        panic!("{v:?}")
+    };
+    assert_eq!(*verdict, Verdict::Unchanged, "{why}");
+    assert!(why.contains("4.0") && why.contains("12.0"), "{why}");
 }

@@ -21,8 +21,15 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
         }
         let (result_id, result) = self.linked(t, &m, ArtifactKind::ExecutionResult).await?;
         let (_, obs) = self.linked(t, &m, ArtifactKind::ObservationSummary).await?;
-        let (Body::ObservationSummary { signals, .. }, Body::ExecutionResult { steps, .. }) =
-            (&obs.body, &result.body)
+        let (
+            Body::ObservationSummary {
+                signals,
+                window_start_ms,
+                window_end_ms,
+                ..
+            },
+            Body::ExecutionResult { steps, .. },
+        ) = (&obs.body, &result.body)
         else {
             return Err(perm("chain links point at the wrong kinds"));
         };
@@ -58,10 +65,23 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
             })
             .collect();
         let changed_host = !credited.is_empty();
-        let before = signal.value;
-        let after = points
-            .last()
-            .and_then(|p| p.metrics.get(&signal.metric).copied());
+        // A counter (threshold 0: OOM kills, GPU XIDs) is compared per minute of
+        // window, so a short first window is not read as fewer events than a
+        // full one after the action.
+        let counter = signal.threshold == 0.0;
+        let rate = |count: f64, start: u64, end: u64| {
+            if counter && start > 0 && end > start {
+                count * 60_000.0 / (end - start) as f64
+            } else {
+                count
+            }
+        };
+        let before = rate(signal.value, *window_start_ms, *window_end_ms);
+        let after = points.last().and_then(|p| {
+            p.metrics
+                .get(&signal.metric)
+                .map(|v| rate(*v, p.start_ms, p.end_ms))
+        });
         let (verdict, mut why) = match after {
             None => (
                 Verdict::Inconclusive,
@@ -72,7 +92,6 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
                 ),
             ),
             Some(v) => {
-                let counter = signal.threshold == 0.0;
                 if ((counter && v == 0.0) || (!counter && v < signal.threshold)) && !changed_host {
                     (
                         Verdict::Inconclusive,
@@ -106,6 +125,9 @@ impl<S: Runs + EvidenceReads + Outbox + AuditTrail, A: ArtifactStore, Q: StageQu
                 }
             }
         };
+        if counter && *window_end_ms > *window_start_ms {
+            why.push_str(" (events per minute of window)");
+        }
         if !changed_host {
             why.push_str(
                 "; no action changed the host (no host-changing step succeeded: only dry runs, \
