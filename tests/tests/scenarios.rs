@@ -432,34 +432,52 @@ async fn quiet_minutes_with_a_routine_burst_open_no_run() {
     live.replays("no_fault", "", None, None).await;
 }
 
-/// A v1 `cpu` cgroup of its own (this host's controllers are on v1), removed
-/// with its processes when dropped.
+/// A `cpu` cgroup of its own, removed with its processes when dropped: on the
+/// v1 `cpu` hierarchy where it is mounted (this host, a v1/v2 hybrid), else in
+/// the unified hierarchy with the cpu controller enabled.
 struct CpuCgroup {
     dir: PathBuf,
+    v2: bool,
 }
 
 impl CpuCgroup {
     fn create() -> Self {
-        let dir = PathBuf::from("/sys/fs/cgroup/cpu").join(unique_name("tether-scn"));
+        let root = Path::new("/sys/fs/cgroup");
+        let v1 = root.join("cpu");
+        let v2 = !v1.join("cpu.cfs_quota_us").exists()
+            && std::fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
+        let dir = if v2 { root } else { v1.as_path() }.join(unique_name("tether-scn"));
+        if v2 {
+            // Children of the root get the cpu controller only when it is enabled.
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+        }
         std::fs::create_dir(&dir).unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (the scenario needs root and the v1 cpu controller)",
+                "{}: {e} (the scenario needs root and a cpu controller, v1 or v2)",
                 dir.display()
             )
         });
-        Self { dir }
+        Self { dir, v2 }
     }
 
     fn join(&self, pid: u32) {
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
     }
 
+    /// The CPU quota per period in microseconds; -1 when unlimited.
     fn quota_us(&self) -> i64 {
-        std::fs::read_to_string(self.dir.join("cpu.cfs_quota_us"))
-            .expect("quota")
-            .trim()
-            .parse()
-            .expect("number")
+        let file = if self.v2 {
+            "cpu.max"
+        } else {
+            "cpu.cfs_quota_us"
+        };
+        let text = std::fs::read_to_string(self.dir.join(file)).expect("quota");
+        match text.split_whitespace().next() {
+            Some("max") => -1,
+            Some(v) => v.parse().expect("number"),
+            None => panic!("{file}: empty"),
+        }
     }
 }
 
@@ -474,6 +492,7 @@ impl Drop for CpuCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
 /// A noisy neighbour: a workload of its own (its own executable, its own
 /// cgroup) takes every core. The agent names it in its telemetry; the run opens
 /// once saturation has held (15 s here instead of 5 minutes) with tasks waiting
