@@ -337,37 +337,9 @@ mod tests {
         sock
     }
 
-    /// A stand-in for dockerd that answers `answer` to each of `n` requests and
-    /// hands back the exact requests it read.
-    fn recording_engine(answers: Vec<String>) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
-        let sock = std::env::temp_dir().join(format!(
-            "tether-docker-rec-{}-{}.sock",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let l = UnixListener::bind(&sock).expect("bind");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for answer in answers {
-                let Ok((mut c, _)) = l.accept() else { return };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.ends_with(b"\r\n\r\n") {
-                    match c.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
-                let _ = c.write_all(answer.as_bytes());
-            }
-        });
-        (sock, rx)
-    }
-
     #[test]
     fn lifecycle_calls_send_the_exact_engine_api_requests() {
-        let (sock, rx) = recording_engine(vec![
+        let (sock, rx) = crate::remedy::fixture::engine(vec![
             "HTTP/1.1 204 No Content\r\n\r\n".into(),
             "HTTP/1.1 304 Not Modified\r\n\r\n".into(),
             "HTTP/1.1 204 No Content\r\n\r\n".into(),

@@ -31,7 +31,7 @@ pub mod service;
 pub mod signal;
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 #[cfg(test)]
 mod kernel_tests;
 
